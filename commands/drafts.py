@@ -1,0 +1,151 @@
+"""What the recorder gathers while DSPy runs, before it becomes events.
+
+Drafts hold references to the live objects; :mod:`commands.handlers` converts them to
+JSON and events. In ``async`` durability that conversion runs on the writer thread, so
+the user's program pays only for gathering.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass
+class VersionDraft:
+    """A program state seen by the recorder (registered if new)."""
+
+    version_id: uuid.UUID
+    program_name: str
+    module_path: str
+    state: dict[str, Any]
+    state_hash: str
+    parent_version_id: uuid.UUID | None = None
+    produced_by: uuid.UUID | None = None
+
+
+@dataclass
+class DatasetDraft:
+    """A list of examples (converted to JSON already: needed for digests)."""
+
+    digest: str
+    example_digests: list[str]
+    examples: list[dict[str, Any]]
+
+
+@dataclass
+class Provenance:
+    """Who, when and under which trace something happened."""
+
+    actor: str
+    started_at: datetime
+    trace_id: str | None = None
+    span_id: str | None = None
+
+
+@dataclass
+class CallNode:
+    """One call in a prediction's call tree (a module, an LM call or a tool)."""
+
+    call_id: str
+    kind: str
+    name: str
+    started: float
+    children: list[CallNode] = field(default_factory=list)
+    latency_ms: float | None = None
+    error: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_tree(self) -> dict[str, Any]:
+        """The node and its children as plain data."""
+        out: dict[str, Any] = {"call_id": self.call_id, "kind": self.kind, "name": self.name}
+        if self.latency_ms is not None:
+            out["latency_ms"] = round(self.latency_ms, 3)
+        if self.error is not None:
+            out["error"] = self.error
+        if self.detail:
+            out.update(self.detail)
+        if self.children:
+            out["children"] = [child.to_tree() for child in list(self.children)]
+        return out
+
+
+@dataclass
+class ModelCallDraft:
+    """One LM call, with DSPy's history entry when it was captured."""
+
+    call_id: str
+    parent_call_id: str | None
+    model: str
+    provider: str
+    request: dict[str, Any]
+    dropped_params: list[str]
+    inputs: dict[str, Any]
+    entry: dict[str, Any] | None
+    cache_hit: bool | None
+    latency_ms: float
+    occurred_at: datetime
+    error: BaseException | None
+    outputs: Any
+    secrets: frozenset[str]
+
+
+@dataclass
+class PredictionDraft:
+    """One top-level program call being recorded."""
+
+    prediction_id: uuid.UUID
+    program_name: str
+    version: VersionDraft | None
+    inputs: dict[str, Any]
+    context: str
+    provenance: Provenance
+    root: CallNode
+    model_calls: list[ModelCallDraft] = field(default_factory=list)
+    outputs: Any = None
+    error: BaseException | None = None
+    latency_ms: float = 0.0
+    finished_at: datetime | None = None
+
+
+@dataclass
+class EvaluationDraft:
+    """One ``dspy.Evaluate`` call being recorded."""
+
+    evaluation_id: uuid.UUID
+    version: VersionDraft | None
+    devset: DatasetDraft | None
+    metric: str | None
+    context: str
+    provenance: Provenance
+    started: float
+    # input digest -> prediction ids made under this evaluation, to link results.
+    predictions_by_inputs: dict[str, list[uuid.UUID]] = field(default_factory=dict)
+    result: Any = None
+    error: BaseException | None = None
+    latency_ms: float = 0.0
+    finished_at: datetime | None = None
+
+
+@dataclass
+class OptimizationDraft:
+    """One optimizer ``compile`` call being recorded."""
+
+    run_id: uuid.UUID
+    optimizer: str
+    params: dict[str, Any]
+    student: VersionDraft | None
+    teacher: VersionDraft | None
+    trainset: DatasetDraft | None
+    valset: DatasetDraft | None
+    metric: str | None
+    context: str
+    provenance: Provenance
+    started: float
+    result: VersionDraft | None = None
+    score: float | None = None
+    error: BaseException | None = None
+    latency_ms: float = 0.0
+    finished_at: datetime | None = None

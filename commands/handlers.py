@@ -1,0 +1,308 @@
+"""Turning finished drafts into aggregates and their events.
+
+Content-addressed streams (program versions, datasets) are created only once: the
+handler remembers which it has seen and asks the store about the others.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from commands.drafts import (
+    DatasetDraft,
+    EvaluationDraft,
+    ModelCallDraft,
+    OptimizationDraft,
+    PredictionDraft,
+    Provenance,
+    VersionDraft,
+)
+from commands.payloads import PayloadConverter
+from commands.program_state import example_inputs, inputs_digest
+from ledger.application import LedgerApplication
+from ledger.domain import Dataset, Evaluation, OptimizationRun, Prediction, ProgramVersion
+
+
+def _who(provenance: Provenance) -> dict[str, Any]:
+    return {
+        "actor": provenance.actor,
+        "trace_id": provenance.trace_id,
+        "span_id": provenance.span_id,
+    }
+
+
+def error_message(error: BaseException) -> str:
+    """The error's message, or its type when it has none."""
+    return str(error) or type(error).__name__
+
+
+class DraftHandler:
+    """Builds the aggregates for drafts, creating content-addressed streams once."""
+
+    def __init__(self, app: LedgerApplication, *, max_string_bytes: int) -> None:
+        self.app = app
+        self.max_string_bytes = max_string_bytes
+        self._known: set[UUID] = set()
+
+    def forget_known(self, ids: Iterable[UUID]) -> None:
+        """Forget that these streams exist (after a conflicting write)."""
+        self._known.difference_update(ids)
+
+    def is_known(self, stream_id: UUID) -> bool:
+        """True if the stream is known to exist (asking the store when unsure)."""
+        if stream_id in self._known:
+            return True
+        if self.app.stream_exists(stream_id):
+            self._known.add(stream_id)
+            return True
+        return False
+
+    def mark_written(self, aggregates: Iterable[Aggregate]) -> None:
+        """Remember the content-addressed streams just committed."""
+        for aggregate in aggregates:
+            if isinstance(aggregate, (ProgramVersion, Dataset)):
+                self._known.add(aggregate.id)
+
+    def build(self, draft: object, batch_ids: set[UUID]) -> list[Aggregate]:
+        """Return the aggregates (with pending events) that record one draft."""
+        if isinstance(draft, PredictionDraft):
+            return self._prediction(draft, batch_ids)
+        if isinstance(draft, EvaluationDraft):
+            return self._evaluation(draft, batch_ids)
+        if isinstance(draft, OptimizationDraft):
+            return self._optimization(draft, batch_ids)
+        msg = f"Unknown draft type {type(draft).__name__}."
+        raise TypeError(msg)
+
+    def _converter(self, secrets: frozenset[str] = frozenset()) -> PayloadConverter:
+        return PayloadConverter(max_string_bytes=self.max_string_bytes, secrets=secrets)
+
+    def _version(
+        self, version: VersionDraft | None, provenance: Provenance, batch_ids: set[UUID]
+    ) -> list[Aggregate]:
+        if version is None or version.version_id in batch_ids or self.is_known(version.version_id):
+            return []
+        batch_ids.add(version.version_id)
+        return [
+            ProgramVersion.register(
+                program_name=version.program_name,
+                module_path=version.module_path,
+                state=version.state,
+                state_hash=version.state_hash,
+                parent_version_id=version.parent_version_id,
+                produced_by=version.produced_by,
+                occurred_at=provenance.started_at,
+                **_who(provenance),
+            )
+        ]
+
+    def _dataset(
+        self, dataset: DatasetDraft | None, provenance: Provenance, batch_ids: set[UUID]
+    ) -> list[Aggregate]:
+        if dataset is None:
+            return []
+        stream_id = Dataset.id_for(dataset.digest)
+        if stream_id in batch_ids or self.is_known(stream_id):
+            return []
+        batch_ids.add(stream_id)
+        return [
+            Dataset.register(
+                digest=dataset.digest,
+                example_digests=dataset.example_digests,
+                examples=dataset.examples,
+                occurred_at=provenance.started_at,
+                **_who(provenance),
+            )
+        ]
+
+    def _prediction(self, draft: PredictionDraft, batch_ids: set[UUID]) -> list[Aggregate]:
+        out = self._version(draft.version, draft.provenance, batch_ids)
+        who = _who(draft.provenance)
+        converter = self._converter()
+        inputs = converter.convert(draft.inputs, "$.inputs")
+        prediction = Prediction.start(
+            prediction_id=draft.prediction_id,
+            program_version_id=draft.version.version_id if draft.version else None,
+            program_name=draft.program_name,
+            inputs=inputs if isinstance(inputs, dict) else {"value": inputs},
+            context=draft.context,
+            payload_notes=dict(converter.notes),
+            occurred_at=draft.provenance.started_at,
+            **who,
+        )
+        for call in draft.model_calls:
+            prediction.record_model_execution(
+                occurred_at=call.occurred_at, **self._model_call(call), **who
+            )
+        tree = draft.root.to_tree()
+        if draft.error is not None:
+            prediction.fail(
+                error_type=type(draft.error).__qualname__,
+                message=error_message(draft.error),
+                call_tree=tree,
+                latency_ms=draft.latency_ms,
+                occurred_at=draft.finished_at,
+                **who,
+            )
+        else:
+            converter = self._converter()
+            outputs = converter.convert(draft.outputs, "$.outputs")
+            prediction.complete(
+                outputs=outputs if isinstance(outputs, dict) else {"value": outputs},
+                call_tree=converter.convert(tree, "$.call_tree"),
+                latency_ms=draft.latency_ms,
+                payload_notes=dict(converter.notes),
+                occurred_at=draft.finished_at,
+                **who,
+            )
+        out.append(prediction)
+        return out
+
+    def _model_call(self, call: ModelCallDraft) -> dict[str, Any]:
+        converter = self._converter(call.secrets)
+        entry = call.entry or {}
+        usage = converter.convert(entry.get("usage") or {}, "$.usage")
+        cache_hit = call.cache_hit
+        if cache_hit is None:  # DSPy without the finalize hook: cache hits bill no usage
+            cache_hit = call.entry is not None and not usage and call.error is None
+        cost = entry.get("cost")
+        cost_usd = float(cost) if isinstance(cost, (int, float)) else None
+        messages = entry.get("messages") if entry else None
+        if messages is None:
+            messages = call.inputs.get("messages") or call.inputs.get("prompt")
+        outputs = entry.get("outputs") if entry else call.outputs
+        notes: dict[str, Any] = {}
+        if call.dropped_params:
+            notes["secrets_removed"] = sorted(call.dropped_params)
+        if call.entry is None and call.error is None:
+            notes["history"] = "DSPy history was disabled: usage and cost unknown"
+        fields = {
+            "call_id": call.call_id,
+            "parent_call_id": call.parent_call_id,
+            "model": call.model,
+            "provider": call.provider,
+            "request": converter.convert(call.request, "$.request"),
+            "messages": converter.convert(messages, "$.messages"),
+            "outputs": converter.convert(outputs, "$.outputs"),
+            "usage": usage if isinstance(usage, dict) else {},
+            # A cache hit bills nothing; what it would have cost is kept apart.
+            "cost_usd": 0.0 if cache_hit else cost_usd,
+            "cached_cost_usd": cost_usd if cache_hit else None,
+            "latency_ms": call.latency_ms,
+            "cache_hit": bool(cache_hit),
+            "response_model": entry.get("response_model"),
+            "error": (
+                {"type": type(call.error).__qualname__, "message": error_message(call.error)}
+                if call.error is not None
+                else None
+            ),
+        }
+        notes.update(converter.notes)
+        fields["payload_notes"] = notes
+        return fields
+
+    def _evaluation(self, draft: EvaluationDraft, batch_ids: set[UUID]) -> list[Aggregate]:
+        who = _who(draft.provenance)
+        out = self._version(draft.version, draft.provenance, batch_ids)
+        out += self._dataset(draft.devset, draft.provenance, batch_ids)
+        evaluation = Evaluation.start(
+            evaluation_id=draft.evaluation_id,
+            program_version_id=draft.version.version_id if draft.version else None,
+            devset_digest=draft.devset.digest if draft.devset else None,
+            metric=draft.metric,
+            context=draft.context,
+            occurred_at=draft.provenance.started_at,
+            **who,
+        )
+        if draft.error is not None or draft.result is None:
+            error = draft.error or RuntimeError("evaluation returned nothing")
+            evaluation.fail(
+                error_type=type(error).__qualname__,
+                message=error_message(error),
+                latency_ms=draft.latency_ms,
+                occurred_at=draft.finished_at,
+                **who,
+            )
+        else:
+            evaluation.complete(
+                score=float(getattr(draft.result, "score", 0.0) or 0.0),
+                results=self._evaluation_results(draft),
+                latency_ms=draft.latency_ms,
+                occurred_at=draft.finished_at,
+                **who,
+            )
+        out.append(evaluation)
+        return out
+
+    def _evaluation_results(self, draft: EvaluationDraft) -> list[dict[str, Any]]:
+        rows = getattr(draft.result, "results", None) or []
+        digests = draft.devset.example_digests if draft.devset else []
+        unclaimed = {key: list(ids) for key, ids in draft.predictions_by_inputs.items()}
+        results = []
+        for index, row in enumerate(rows):
+            example, prediction, score = row
+            key = inputs_digest(example_inputs(example))
+            ids = unclaimed.get(key) or []
+            converter = self._converter()
+            results.append(
+                {
+                    "index": index,
+                    "example_digest": digests[index] if index < len(digests) else None,
+                    "prediction_id": str(ids.pop(0)) if ids else None,
+                    "score": converter.convert(score),
+                    "outputs": converter.convert(prediction),
+                }
+            )
+        return results
+
+    def _optimization(self, draft: OptimizationDraft, batch_ids: set[UUID]) -> list[Aggregate]:
+        who = _who(draft.provenance)
+        out = self._version(draft.student, draft.provenance, batch_ids)
+        out += self._version(draft.teacher, draft.provenance, batch_ids)
+        out += self._dataset(draft.trainset, draft.provenance, batch_ids)
+        out += self._dataset(draft.valset, draft.provenance, batch_ids)
+        run = OptimizationRun.start(
+            run_id=draft.run_id,
+            optimizer=draft.optimizer,
+            params=draft.params,
+            student_version_id=draft.student.version_id if draft.student else None,
+            teacher_version_id=draft.teacher.version_id if draft.teacher else None,
+            trainset_digest=draft.trainset.digest if draft.trainset else None,
+            valset_digest=draft.valset.digest if draft.valset else None,
+            metric=draft.metric,
+            context=draft.context,
+            occurred_at=draft.provenance.started_at,
+            **who,
+        )
+        if draft.error is not None:
+            run.fail(
+                error_type=type(draft.error).__qualname__,
+                message=error_message(draft.error),
+                latency_ms=draft.latency_ms,
+                occurred_at=draft.finished_at,
+                **who,
+            )
+            out.append(run)
+            return out
+        # The result version names the run that produced it, so it is written with it.
+        result_aggregates = self._version(draft.result, draft.provenance, batch_ids)
+        run.complete(
+            result_version_id=draft.result.version_id if draft.result else None,
+            score=draft.score,
+            latency_ms=draft.latency_ms,
+            occurred_at=draft.finished_at,
+            **who,
+        )
+        out.append(run)
+        return out + result_aggregates
+
+
+def describe_failure(draft: object, error: BaseException) -> str:
+    """A log line for a draft that could not be turned into events."""
+    lines = traceback.format_exception_only(type(error), error)
+    return f"{type(draft).__name__}: {''.join(lines).strip()}"

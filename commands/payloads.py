@@ -1,0 +1,171 @@
+"""Turning whatever a DSPy program passes around into JSON the ledger can keep.
+
+The conversion is documented in docs/events.md ("Payload conversion"):
+
+- JSON scalars, lists and dicts with string keys are kept as they are; tuples become
+  lists; dict keys that are not strings become their ``str()``.
+- ``dspy.Prediction`` / ``dspy.Example`` become their field dicts; pydantic models
+  ``model_dump(mode="json")``; dataclasses ``asdict``; numpy arrays and scalars
+  ``tolist()``; datetimes ISO 8601; UUIDs, paths and enums their text or value.
+- ``bytes`` become ``{"$bytes": size, "sha256": ..., "base64": ...}``;
+  sets become sorted lists; non-finite floats become the strings "NaN", "Infinity".
+- Anything else becomes ``{"$repr": repr(value)[:1000], "$type": "module.Class"}``.
+
+Every conversion that loses information (repr, set order, bytes over the inline limit,
+non-finite floats) is *noted*: the event's ``payload_notes`` lists the JSON path and
+what was done, so a reader knows the record is not the original object.
+
+Large payloads are never cut silently: a string longer than ``max_string_bytes`` is
+stored as ``{"$truncated": true, "sha256": ..., "size": ..., "prefix": ...}`` and noted.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+import math
+import uuid
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Any
+
+#: Strings longer than this many UTF-8 bytes are stored as a digest and a prefix.
+DEFAULT_MAX_STRING_BYTES = 1_000_000
+#: How much of a truncated string is kept.
+TRUNCATED_PREFIX_CHARS = 4096
+#: Bytes up to this size are stored inline (base64); larger ones as a digest.
+MAX_INLINE_BYTES = 64_000
+_MAX_DEPTH = 40
+
+
+class PayloadConverter:
+    """Converts values to JSON-able data, collecting notes on lossy conversions."""
+
+    def __init__(
+        self,
+        *,
+        max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
+        secrets: frozenset[str] = frozenset(),
+    ) -> None:
+        self.max_string_bytes = max_string_bytes
+        self.secrets = secrets
+        self.notes: dict[str, str] = {}
+
+    def convert(self, value: Any, path: str = "$") -> Any:
+        """Return the JSON-able form of ``value``; lossy steps are added to ``notes``."""
+        return self._convert(value, path, 0)
+
+    def _note(self, path: str, what: str) -> None:
+        self.notes[path] = what
+
+    def _convert(self, value: Any, path: str, depth: int) -> Any:
+        if value is None or isinstance(value, (bool, int)):
+            return value
+        if isinstance(value, str):
+            return self._string(value, path)
+        if isinstance(value, float):
+            if math.isfinite(value):
+                return value
+            self._note(path, "non-finite float stored as text")
+            return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        if depth > _MAX_DEPTH:
+            self._note(path, "nested too deeply: stored as repr")
+            return self._repr(value)
+        if isinstance(value, Mapping):
+            return {str(k): self._convert(v, f"{path}.{k}", depth + 1) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._convert(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        if isinstance(value, (set, frozenset)):
+            self._note(path, "set stored as a sorted list")
+            items = [self._convert(v, f"{path}[]", depth + 1) for v in value]
+            return sorted(items, key=repr)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return self._bytes(bytes(value), path)
+        return self._object(value, path, depth)
+
+    def _string(self, value: str, path: str) -> Any:
+        for secret in self.secrets:
+            if secret and secret in value:
+                value = value.replace(secret, "[secret removed]")
+                self._note(path, "secret removed")
+        if len(value) * 4 <= self.max_string_bytes:
+            return value  # fast path: cannot be over the limit even if all 4-byte chars
+        encoded = value.encode("utf-8", "surrogatepass")
+        if len(encoded) <= self.max_string_bytes:
+            return value
+        self._note(path, f"string of {len(encoded)} bytes stored as digest and prefix")
+        return {
+            "$truncated": True,
+            "size": len(encoded),
+            "sha256": hashlib.sha256(encoded).hexdigest(),
+            "prefix": value[:TRUNCATED_PREFIX_CHARS],
+        }
+
+    def _bytes(self, data: bytes, path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"$bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        if len(data) <= MAX_INLINE_BYTES:
+            out["base64"] = base64.b64encode(data).decode("ascii")
+        else:
+            self._note(path, f"{len(data)} bytes stored as digest only")
+        return out
+
+    def _object(self, value: Any, path: str, depth: int) -> Any:
+        if isinstance(value, (dt.datetime, dt.date, dt.time)):
+            return value.isoformat()
+        if isinstance(value, (uuid.UUID, PurePath)):
+            return str(value)
+        if isinstance(value, enum.Enum):
+            return self._convert(value.value, path, depth + 1)
+        # DSPy's Example and Prediction keep their fields in a dict behind toDict().
+        to_dict = getattr(value, "toDict", None)
+        if callable(to_dict):
+            return self._convert(_safe_call(to_dict), path, depth + 1)
+        model_dump = getattr(value, "model_dump", None)
+        if callable(model_dump):  # pydantic v2 models, including dspy.Image and History
+            try:
+                dumped = model_dump(mode="json")
+            except Exception:
+                dumped = None
+            if dumped is not None:
+                return self._convert(dumped, path, depth + 1)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return self._convert(dataclasses.asdict(value), path, depth + 1)
+        tolist = getattr(value, "tolist", None)
+        if callable(tolist) and type(value).__module__.startswith("numpy"):
+            return self._convert(_safe_call(tolist), path, depth + 1)
+        self._note(path, f"{_type_name(value)} stored as repr")
+        return self._repr(value)
+
+    @staticmethod
+    def _repr(value: Any) -> dict[str, str]:
+        try:
+            text = repr(value)
+        except Exception as error:
+            text = f"<unrepresentable: {type(error).__name__}>"
+        return {"$repr": text[:1000], "$type": _type_name(value)}
+
+
+def _safe_call(fn: Any) -> Any:
+    try:
+        return fn()
+    except Exception as error:
+        return {"$error": f"{type(error).__name__}: {error}"}
+
+
+def _type_name(value: Any) -> str:
+    cls = type(value)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def to_json(
+    value: Any,
+    *,
+    max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
+    secrets: frozenset[str] = frozenset(),
+) -> tuple[Any, dict[str, str]]:
+    """Convert one value; return (JSON-able value, notes on lossy conversions)."""
+    converter = PayloadConverter(max_string_bytes=max_string_bytes, secrets=secrets)
+    return converter.convert(value), converter.notes

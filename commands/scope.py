@@ -1,0 +1,52 @@
+"""Who is acting and in which context: task- and thread-scoped settings of the recorder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+_actor: ContextVar[str | None] = ContextVar("dspy_ledger_actor", default=None)
+_context: ContextVar[str | None] = ContextVar("dspy_ledger_context", default=None)
+
+#: The context of a prediction made outside any evaluation, optimization or replay.
+PRODUCTION = "production"
+
+
+def current_actor() -> str | None:
+    """The actor set by the innermost :func:`acting_as`, if any."""
+    return _actor.get()
+
+
+def current_context() -> str | None:
+    """The context set by the innermost :func:`in_context`, if any."""
+    return _context.get()
+
+
+@contextmanager
+def acting_as(actor: str) -> Iterator[None]:
+    """Record everything done inside the block (and its tasks) as done by ``actor``.
+
+    Asyncio tasks inherit the actor; DSPy's own worker threads (``dspy.Parallel``,
+    ``Evaluate(num_threads=...)``) inherit it through the call they run under. A plain
+    ``threading.Thread`` started inside the block does not: run its target under
+    ``contextvars.copy_context().run``.
+    """
+    if not actor or not actor.strip():
+        msg = "An actor must be a non-empty name."
+        raise ValueError(msg)
+    token = _actor.set(actor)
+    try:
+        yield
+    finally:
+        _actor.reset(token)
+
+
+@contextmanager
+def in_context(context: str) -> Iterator[None]:
+    """Label predictions made inside the block with ``context`` (e.g. ``replay:<id>``)."""
+    token = _context.set(context)
+    try:
+        yield
+    finally:
+        _context.reset(token)

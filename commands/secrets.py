@@ -1,0 +1,66 @@
+"""Keeping secrets out of the record.
+
+Request parameters whose *names* look like credentials are dropped before anything is
+stored (their names are kept in the event so a reader knows something was removed), and
+the *values* of credentials known to the LM are scrubbed from every stored string.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+# "token" only as a whole word or suffix: max_tokens is a parameter, auth_token a secret.
+_SECRET_NAME = re.compile(
+    r"(api[_-]?key|apikey|secret|password|passwd|authorization|bearer|credential|"
+    r"private[_-]?key|access[_-]?key|session[_-]?key|cookie|(^|[_-])token$)",
+    re.IGNORECASE,
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """True if a parameter with this name must never be stored."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def split_secrets(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Return (params without secret-named keys, recursively; names that were dropped)."""
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, value in params.items():
+        if is_secret_name(str(key)):
+            dropped.append(str(key))
+        elif isinstance(value, dict):
+            inner, inner_dropped = split_secrets(value)
+            kept[key] = inner
+            dropped.extend(f"{key}.{name}" for name in inner_dropped)
+        elif isinstance(key, str) and key.endswith("api_base") and isinstance(value, str):
+            kept[key] = strip_url_credentials(value)
+        else:
+            kept[key] = value
+    return kept, dropped
+
+
+def strip_url_credentials(url: str) -> str:
+    """Remove a ``user:password@`` part from a URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc).geturl()
+
+
+def secret_values(params: dict[str, Any]) -> frozenset[str]:
+    """Return the string values of secret-named params (to scrub wherever they appear)."""
+    values: set[str] = set()
+    for key, value in params.items():
+        if isinstance(value, str) and is_secret_name(str(key)) and len(value) >= 6:
+            values.add(value)
+        elif isinstance(value, dict):
+            values |= secret_values(value)
+    return frozenset(values)

@@ -1,0 +1,239 @@
+"""Writers: how finished drafts reach the store.
+
+- :class:`SyncWriter` commits each draft before the recorded call returns; a failure
+  raises :class:`~ledger.errors.RecordingError` to the caller.
+- :class:`AsyncWriter` hands drafts to one background thread that group-commits
+  batches (one transaction per batch). Its queue is bounded: when the store is slow or
+  away, ``submit`` blocks (backpressure) rather than drop anything. Failed batches are
+  retried with exponential backoff until they commit or the ledger is closed;
+  ``flush()`` returns only once everything submitted before it is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from commands.handlers import DraftHandler, describe_failure
+from ledger.application import DuplicateStreamError
+from ledger.domain import Dataset, ProgramVersion
+from ledger.errors import RecordingError, StoreUnavailableError
+
+logger = logging.getLogger("dspy_ledger")
+
+
+class WriterStats:
+    """Counters a writer keeps (shown by ``dspy-ledger stats`` and tests)."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.committed = 0
+        self.batches = 0
+        self.retries = 0
+        self.unbuildable = 0
+        self.last_error: str | None = None
+
+
+def commit_drafts(handler: DraftHandler, drafts: list[object]) -> int:
+    """Build and commit the aggregates of ``drafts`` in one transaction.
+
+    Returns how many drafts could not be turned into events (logged loudly).
+    Raises StoreUnavailableError when the store cannot take the batch.
+    """
+    for attempt in range(3):
+        aggregates, unbuildable = _build(handler, drafts)
+        if not aggregates:
+            return unbuildable
+        try:
+            handler.app.save_aggregates(*aggregates)
+        except DuplicateStreamError:
+            # Another writer registered the same content-addressed stream first. Saving
+            # consumed the aggregates' pending events, so build again from the drafts:
+            # the handler now finds the shared stream in the store and leaves it out.
+            handler.forget_known(
+                a.id for a in aggregates if isinstance(a, (ProgramVersion, Dataset))
+            )
+            if attempt == 2:
+                raise
+            continue
+        handler.mark_written(aggregates)
+        return unbuildable
+    return 0  # pragma: no cover - the loop returns or raises
+
+
+def _build(handler: DraftHandler, drafts: list[object]) -> tuple[list[Aggregate], int]:
+    aggregates: list[Aggregate] = []
+    batch_ids: set[UUID] = set()
+    unbuildable = 0
+    for draft in drafts:
+        try:
+            aggregates.extend(handler.build(draft, batch_ids))
+        except StoreUnavailableError:
+            raise
+        except Exception as error:
+            unbuildable += 1
+            logger.exception("dspy-ledger could not record %s", describe_failure(draft, error))
+    return aggregates, unbuildable
+
+
+class SyncWriter:
+    """Commits every draft before returning to the recorded call."""
+
+    def __init__(self, handler: DraftHandler) -> None:
+        self.handler = handler
+        self.stats = WriterStats()
+        self._closed = False
+
+    def submit(self, draft: object) -> None:
+        """Commit one draft now; raise RecordingError if the store cannot take it."""
+        if self._closed:
+            msg = "This ledger is closed; open a new one to record more."
+            raise RecordingError(msg, pending=1)
+        self.stats.submitted += 1
+        try:
+            self.stats.unbuildable += commit_drafts(self.handler, [draft])
+        except (StoreUnavailableError, DuplicateStreamError) as error:
+            self.stats.last_error = str(error)
+            msg = f"The prediction was not recorded: {error}"
+            raise RecordingError(msg, pending=1) from error
+        self.stats.committed += 1
+        self.stats.batches += 1
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Nothing to do: every draft is committed on submit."""
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse further drafts."""
+        self._closed = True
+
+    @property
+    def pending(self) -> int:
+        """Drafts submitted and not yet committed (always 0 here)."""
+        return 0
+
+
+class AsyncWriter:
+    """Group-commits drafts from a bounded queue on a background thread."""
+
+    def __init__(
+        self,
+        handler: DraftHandler,
+        *,
+        max_queue: int = 10_000,
+        max_batch: int = 500,
+        max_backoff: float = 5.0,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.stats = WriterStats()
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
+        self._max_batch = max_batch
+        self._max_backoff = max_backoff
+        self._on_error = on_error
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="dspy-ledger-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Drafts submitted and not yet committed."""
+        with self._cond:
+            return self.stats.submitted - self.stats.committed
+
+    def submit(self, draft: object) -> None:
+        """Queue one draft; blocks while the queue is full (backpressure, never drops)."""
+        if self._closed:
+            msg = "This ledger is closed; open a new one to record more."
+            raise RecordingError(msg, pending=1)
+        with self._cond:
+            self.stats.submitted += 1
+        self._queue.put(draft)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every draft submitted so far is committed.
+
+        Raises RecordingError if that does not happen within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self.stats.submitted
+            while self.stats.committed < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    pending = target - self.stats.committed
+                    msg = (
+                        f"{pending} recorded call(s) are not yet written to the ledger "
+                        f"(last error: {self.stats.last_error or 'none'})."
+                    )
+                    raise RecordingError(msg, pending=pending)
+                self._cond.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Flush, then stop the writer thread.
+
+        Raises RecordingError naming how many drafts could not be written in time.
+        """
+        self._closed = True
+        try:
+            self.flush(timeout)
+        finally:
+            self._stopping.set()
+            self._thread.join(timeout=5)
+
+    def _take_batch(self) -> list[object]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                if self._stopping.is_set():
+                    return
+                continue
+            self._commit_with_retry(batch)
+
+    def _commit_with_retry(self, batch: list[object]) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                unbuildable = commit_drafts(self.handler, batch)
+            except Exception as error:
+                self.stats.retries += 1
+                self.stats.last_error = str(error)
+                if self.stats.retries == 1 or self.stats.retries % 20 == 0:
+                    logger.error(
+                        "dspy-ledger could not write %d recorded call(s), retrying: %s",
+                        len(batch),
+                        error,
+                    )
+                if self._on_error is not None:
+                    self._on_error(str(error))
+                if self._stopping.is_set():
+                    return  # closing: what is left is reported by close()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
+            with self._cond:
+                self.stats.committed += len(batch)
+                self.stats.unbuildable += unbuildable
+                self.stats.batches += 1
+                self._cond.notify_all()
+            return

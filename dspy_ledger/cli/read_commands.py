@@ -1,0 +1,97 @@
+"""Read commands: export, show, stats."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dspy_ledger.cli.errors import fail
+from dspy_ledger.cli.options import DbOption, JsonOption
+from dspy_ledger.ledger import Ledger
+
+
+def _open_for_reading(db: str | None) -> Ledger:
+    return Ledger(db, create=False)
+
+
+def export(
+    db: DbOption = None,
+    fmt: Annotated[str, typer.Option("--format", help="Output format (jsonl).")] = "jsonl",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+    start: Annotated[int, typer.Option("--from", min=1, help="First position.")] = 1,
+) -> None:
+    """Print every event in order, one JSON object per line."""
+    if fmt != "jsonl":
+        raise fail(f"Unknown export format {fmt!r}; the supported format is jsonl.")
+    ledger = _open_for_reading(db)
+    try:
+        stream = output.open("w", encoding="utf-8") if output else sys.stdout
+        try:
+            for event in ledger.events(start=start):
+                stream.write(event.model_dump_json())
+                stream.write("\n")
+        finally:
+            if output:
+                stream.close()
+    finally:
+        ledger.close()
+
+
+def show(
+    stream_id: Annotated[str, typer.Argument(help="The stream (aggregate) id.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print one stream's whole history."""
+    ledger = _open_for_reading(db)
+    try:
+        events = ledger.stream(stream_id)
+    finally:
+        ledger.close()
+    if as_json:
+        typer.echo(json.dumps([e.model_dump() for e in events], indent=2))
+        return
+    console = Console()
+    first = events[0]
+    console.print(f"[bold]{first.stream_type}[/bold] {first.stream_id}")
+    for event in events:
+        console.print(
+            f"  v{event.version:<3} {event.timestamp}  [cyan]{event.type}[/cyan]  by {event.actor}"
+        )
+        for key, value in event.data.items():
+            text = json.dumps(value, ensure_ascii=False)
+            if len(text) > 160:
+                text = text[:157] + "..."
+            console.print(f"        {key}: {text}", markup=False, highlight=False)
+
+
+def stats(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Count events by type and by stream type."""
+    ledger = _open_for_reading(db)
+    try:
+        result = ledger.stats()
+    finally:
+        ledger.close()
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    console = Console()
+    console.print(
+        f"Ledger {result.url}: {result.events} events, last position {result.last_position}"
+    )
+    table = Table("stream type", "streams", "events")
+    for stream_type, count in result.by_stream_type.items():
+        table.add_row(stream_type, str(result.streams_by_type.get(stream_type, 0)), str(count))
+    console.print(table)
+    table = Table("event type", "events")
+    for event_type, count in result.by_event_type.items():
+        table.add_row(event_type, str(count))
+    console.print(table)

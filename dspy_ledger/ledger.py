@@ -1,0 +1,287 @@
+"""The ``Ledger`` facade: open a ledger, instrument DSPy, read the record back."""
+
+from __future__ import annotations
+
+import atexit
+import getpass
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel
+
+from commands import scope, strict
+from commands.handlers import DraftHandler
+from commands.payloads import DEFAULT_MAX_STRING_BYTES
+from commands.recorder import LedgerRecorder
+from commands.writer import AsyncWriter, SyncWriter
+from ledger.application import LedgerApplication
+from ledger.domain import Prediction
+from ledger.errors import InvalidInputError, RecordingError, StreamNotFoundError
+from ledger.reading import RecordedEvent, read_notification, read_stream, split_topic
+from ledger.storage import StoreURL, parse_url, resolve_url
+
+logger = logging.getLogger("dspy_ledger")
+
+Durability = Literal["sync", "async"]
+
+
+class LedgerStats(BaseModel):
+    """Counts of what the ledger holds, and of this process's recording."""
+
+    url: str
+    events: int
+    last_position: int
+    by_event_type: dict[str, int]
+    by_stream_type: dict[str, int]
+    streams_by_type: dict[str, int]
+    recording_errors: int
+    pending_writes: int
+
+
+class Instrumentation(AbstractContextManager["Instrumentation"]):
+    """The recorder installed into DSPy; leaving the ``with`` block removes it."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._ledger.uninstrument()
+        self._ledger.flush()
+
+
+class Ledger:
+    """An open ledger. Create one with :func:`dspy_ledger.open`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        actor: str | None = None,
+        durability: Durability = "sync",
+        max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
+        create: bool = True,
+    ) -> None:
+        if durability not in ("sync", "async"):
+            msg = f"durability must be 'sync' or 'async', not {durability!r}."
+            raise InvalidInputError(msg)
+        self.store: StoreURL = parse_url(resolve_url(url))
+        self.actor = actor or os.environ.get("DSPY_LEDGER_ACTOR") or _login_name()
+        self.durability: Durability = durability
+        self.app = LedgerApplication(self.store, create=create)
+        self._handler = DraftHandler(self.app, max_string_bytes=max_string_bytes)
+        self._writer: SyncWriter | AsyncWriter = (
+            SyncWriter(self._handler) if durability == "sync" else AsyncWriter(self._handler)
+        )
+        self._recorder = LedgerRecorder(self._submit, default_actor=self.actor)
+        self._instrumented = False
+        self._closed = False
+        self._lock = threading.Lock()
+        atexit.register(self._close_at_exit)
+
+    # -- recording -------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The store's URL, with any password masked."""
+        return self.store.masked
+
+    def _submit(self, draft: object) -> None:
+        try:
+            self._writer.submit(draft)
+        except RecordingError as error:
+            # DSPy swallows callback errors: park it for the top-level call to raise.
+            strict.parked_error.set(error)
+            logger.error("dspy-ledger: %s", error)
+
+    def instrument(self) -> Instrumentation:
+        """Record every DSPy call from now on (usable as a context manager)."""
+        import dspy
+
+        with self._lock:
+            if not self._instrumented:
+                if self.durability == "sync":
+                    strict.install()
+                callbacks = list(dspy.settings.get("callbacks") or [])
+                if self._recorder not in callbacks:
+                    callbacks.append(self._recorder)
+                    _set_callbacks(callbacks)
+                self._instrumented = True
+        return Instrumentation(self)
+
+    def uninstrument(self) -> None:
+        """Stop recording DSPy calls (already recorded ones are kept)."""
+        import dspy
+
+        with self._lock:
+            if not self._instrumented:
+                return
+            callbacks = [c for c in dspy.settings.get("callbacks") or [] if c is not self._recorder]
+            _set_callbacks(callbacks)
+            self._instrumented = False
+
+    def acting_as(self, actor: str) -> AbstractContextManager[None]:
+        """Record everything in the block (and its tasks) as done by ``actor``."""
+        return scope.acting_as(actor)
+
+    def record_feedback(
+        self,
+        prediction_id: UUID | str,
+        *,
+        score: float | None = None,
+        label: str | None = None,
+        by: str | None = None,
+        comment: str | None = None,
+    ) -> None:
+        """Record a judgement of a past prediction (``FeedbackRecorded``)."""
+        if score is None and label is None:
+            msg = "Feedback needs a score, a label, or both."
+            raise InvalidInputError(msg)
+        stream_id = parse_stream_id(prediction_id)
+        prediction = self.app.get_aggregate(stream_id)
+        if not isinstance(prediction, Prediction):
+            raise StreamNotFoundError(stream_id)
+        actor = by or scope.current_actor() or self.actor
+        prediction.record_feedback(score=score, label=label, by=actor, comment=comment, actor=actor)
+        self.app.save_aggregates(prediction)
+
+    @property
+    def recording_errors(self) -> int:
+        """How many recording failures this process has seen (the program carried on)."""
+        return self._recorder.recording_errors + self._writer.stats.unbuildable
+
+    @property
+    def pending_writes(self) -> int:
+        """Recorded calls not yet committed (async durability)."""
+        return self._writer.pending
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once everything recorded so far is committed."""
+        self._writer.flush(timeout)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop recording, commit what is queued, and release the store.
+
+        Raises RecordingError if anything recorded could not be written in time.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._close_at_exit)
+        self.uninstrument()
+        try:
+            self._writer.close(timeout)
+        finally:
+            self.app.close()
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except RecordingError as error:
+            logger.critical("dspy-ledger lost writes at exit: %s", error)
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------
+
+    def events(self, start: int = 1, stop: int | None = None) -> Iterator[RecordedEvent]:
+        """Every event from position ``start`` (to ``stop``), in order, as plain data."""
+        for notification in self.app.notifications(start=start, stop=stop):
+            yield read_notification(self.app, notification)
+
+    def stream(self, stream_id: UUID | str) -> list[RecordedEvent]:
+        """One stream's whole history, oldest first."""
+        events = read_stream(self.app, parse_stream_id(stream_id))
+        if not events:
+            raise StreamNotFoundError(stream_id)
+        return events
+
+    def stats(self) -> LedgerStats:
+        """Counts by event type and by stream type."""
+        by_event: Counter[str] = Counter()
+        by_stream: Counter[str] = Counter()
+        streams: Counter[str] = Counter()
+        total = 0
+        last = 0
+        for notification in self.app.notifications():
+            stream_type, event_type = split_topic(notification.topic)
+            by_event[event_type] += 1
+            by_stream[stream_type] += 1
+            if notification.originator_version == 1:
+                streams[stream_type] += 1
+            total += 1
+            last = notification.id
+        return LedgerStats(
+            url=self.url,
+            events=total,
+            last_position=last,
+            by_event_type=dict(by_event.most_common()),
+            by_stream_type=dict(by_stream.most_common()),
+            streams_by_type=dict(streams.most_common()),
+            recording_errors=self.recording_errors,
+            pending_writes=self.pending_writes,
+        )
+
+
+def _set_callbacks(callbacks: list[Any]) -> None:
+    """Set DSPy's global callbacks, and those of an enclosing ``dspy.context`` block.
+
+    ``dspy.context`` snapshots the global settings when it is entered, so a recorder
+    installed inside such a block must be added to the block's overrides as well.
+    """
+    import dspy
+    from dspy.dsp.utils.settings import thread_local_overrides
+
+    dspy.settings.configure(callbacks=list(callbacks))
+    overrides = thread_local_overrides.get()
+    if "callbacks" in overrides:
+        overrides["callbacks"] = list(callbacks)
+
+
+def parse_stream_id(value: UUID | str) -> UUID:
+    """Parse a stream id, raising InvalidInputError with a clear sentence if malformed."""
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value).strip())
+    except ValueError:
+        msg = f"{value!r} is not a stream id; ids look like 3f2b8c1e-...-... (a UUID)."
+        raise InvalidInputError(msg) from None
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def open_ledger(
+    url: str | None = None,
+    *,
+    actor: str | None = None,
+    durability: Durability = "sync",
+    **options: Any,
+) -> Ledger:
+    """Open (creating if needed) the ledger at ``url``; see :func:`dspy_ledger.open`."""
+    return Ledger(url, actor=actor, durability=durability, **options)

@@ -1,0 +1,160 @@
+"""The eventsourcing application that stores the ledger's aggregates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate, EventSourcingError
+from eventsourcing.persistence import (
+    IntegrityError,
+    Notification,
+    PersistenceError,
+)
+
+from ledger.errors import LedgerNotFoundError, RecordingError, StoreUnavailableError
+from ledger.storage import StoreURL
+
+
+class DuplicateStreamError(RecordingError):
+    """A stream that already exists was created again (content-addressed races)."""
+
+
+class LedgerApplication(Application[UUID]):
+    """Stores and reads the ledger's aggregates through the eventsourcing library.
+
+    The library does the storing: event tables, optimistic concurrency, pooling (psycopg
+    3 for PostgreSQL) and the notification log, whose ids are the ledger's positions.
+    """
+
+    name = "DspyLedger"
+
+    def __init__(self, store: StoreURL, *, create: bool = True) -> None:
+        self.store = store
+        env = store.eventsourcing_env()
+        if store.backend == "sqlite" and not store.is_memory:
+            assert store.sqlite_path is not None
+            path = Path(store.sqlite_path)
+            if not create and not path.exists():
+                msg = (
+                    f"No ledger exists at {store.masked}; record something first "
+                    "(e.g. dspy-ledger demo) or point --db / DSPY_LEDGER_URL at your ledger."
+                )
+                raise LedgerNotFoundError(msg)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                msg = f"Cannot create the folder for the ledger at {store.masked}: {error}."
+                raise StoreUnavailableError(msg) from error
+        try:
+            if store.backend == "postgres" and store.schema and create:
+                ensure_postgres_schema(store)
+            super().__init__(env)
+        except (EventSourcingError, OSError, Exception) as error:
+            raise store_error(store, error) from error
+
+    def save_aggregates(self, *aggregates: Aggregate) -> int | None:
+        """Commit the pending events of the given aggregates in one transaction.
+
+        Returns the position (notification id) of the last event written.
+        """
+        try:
+            recordings = self.save(*aggregates)
+        except IntegrityError as error:
+            msg = f"A stream written to {self.store.masked} already exists: {error}."
+            raise DuplicateStreamError(msg) from error
+        except (PersistenceError, OSError) as error:
+            raise store_error(self.store, error) from error
+        if not recordings:
+            return None
+        return max(r.notification.id for r in recordings)
+
+    def stream_exists(self, stream_id: UUID) -> bool:
+        """True if a stream with this id has at least one event."""
+        try:
+            return bool(self.recorder.select_events(stream_id, limit=1))
+        except (PersistenceError, OSError) as error:
+            raise store_error(self.store, error) from error
+
+    def get_aggregate(self, stream_id: UUID) -> Aggregate | None:
+        """Return the aggregate with this id, or None if there is none."""
+        try:
+            aggregate: Aggregate = self.repository.get(stream_id)
+        except AggregateNotFoundError:
+            return None
+        return aggregate
+
+    def stream_events(self, stream_id: UUID) -> list[Any]:
+        """Return every event of one stream, in version order."""
+        try:
+            return list(self.events.get(stream_id))
+        except (PersistenceError, OSError) as error:
+            raise store_error(self.store, error) from error
+
+    def last_position(self) -> int:
+        """Return the position of the newest event (0 for an empty ledger)."""
+        try:
+            return self.recorder.max_notification_id() or 0
+        except (PersistenceError, OSError) as error:
+            raise store_error(self.store, error) from error
+
+    def notifications(
+        self, start: int = 1, stop: int | None = None, batch_size: int = 1000
+    ) -> Iterator[Notification]:
+        """Yield stored events in position order, from ``start`` to ``stop`` inclusive."""
+        position = start
+        while True:
+            try:
+                batch: Sequence[Notification] = self.recorder.select_notifications(
+                    start=position, limit=batch_size, stop=stop
+                )
+            except (PersistenceError, OSError) as error:
+                raise store_error(self.store, error) from error
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            position = batch[-1].id + 1
+
+    def decode(self, notification: Notification) -> Any:
+        """Turn a stored event into its domain event object."""
+        return self.mapper.to_domain_event(notification)
+
+
+def ensure_postgres_schema(store: StoreURL) -> None:
+    """Create the URL's PostgreSQL schema if it does not exist yet."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(
+        host=store.host,
+        port=store.port or 5432,
+        user=store.user,
+        password=store.password,
+        dbname=store.dbname,
+        connect_timeout=5,
+        autocommit=True,
+    ) as connection:
+        connection.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(str(store.schema)))
+        )
+
+
+def store_error(store: StoreURL, error: BaseException) -> StoreUnavailableError:
+    """Translate a driver or library error into one clear sentence naming the store."""
+    reason = " ".join(str(error).split()) or type(error).__name__
+    if len(reason) > 300:
+        reason = reason[:300] + "..."
+    if store.password:
+        reason = reason.replace(store.password, "***")
+    if store.backend == "postgres":
+        hint = (
+            "check that the server is running and that the URL's user, password "
+            "and database are right"
+        )
+    else:
+        hint = "check that the file is a dspy-ledger database and that you may write to it"
+    msg = f"Cannot use the ledger at {store.masked} ({reason}); {hint}."
+    return StoreUnavailableError(msg)

@@ -1,0 +1,21 @@
+"""Aggregates of the audit ledger and the events they record.
+
+Event class names are a public contract (see docs/events.md): they are never renamed.
+"""
+
+from ledger.domain.base import LedgerAggregate, LedgerEvent
+from ledger.domain.dataset import Dataset
+from ledger.domain.evaluation import Evaluation
+from ledger.domain.optimization import OptimizationRun
+from ledger.domain.prediction import Prediction
+from ledger.domain.program_version import ProgramVersion
+
+__all__ = [
+    "Dataset",
+    "Evaluation",
+    "LedgerAggregate",
+    "LedgerEvent",
+    "OptimizationRun",
+    "Prediction",
+    "ProgramVersion",
+]

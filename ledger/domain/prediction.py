@@ -1,0 +1,202 @@
+"""Prediction: one top-level call of a DSPy program, with every LM call it made."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ledger.domain.base import DomainRuleError, LedgerAggregate, provenance
+
+
+class PredictionAlreadyFinishedError(DomainRuleError):
+    """A prediction that has completed or failed cannot complete or fail again."""
+
+
+class Prediction(LedgerAggregate):
+    """The record of one top-level program call.
+
+    A stream starts with ``PredictionStarted``, holds one ``ModelExecuted`` per LM call
+    made inside the call, ends with ``PredictionCompleted`` or ``PredictionFailed``, and
+    may later receive ``FeedbackRecorded``.
+    """
+
+    class PredictionStarted(LedgerAggregate.Created):
+        """A program was called."""
+
+        program_version_id: UUID | None
+        program_name: str
+        inputs: dict[str, Any]
+        context: str
+        payload_notes: dict[str, Any]
+
+    class ModelExecuted(LedgerAggregate.Event):
+        """A language model was called inside the prediction."""
+
+        call_id: str
+        parent_call_id: str | None
+        model: str
+        provider: str
+        request: dict[str, Any]
+        messages: Any
+        outputs: Any
+        usage: dict[str, Any]
+        cost_usd: float | None
+        cached_cost_usd: float | None
+        latency_ms: float
+        cache_hit: bool
+        response_model: str | None
+        error: dict[str, str] | None
+        payload_notes: dict[str, Any]
+
+        def apply(self, aggregate: Prediction) -> None:
+            """Count the LM call."""
+            aggregate.model_calls += 1
+
+    class PredictionCompleted(LedgerAggregate.Event):
+        """The program returned."""
+
+        outputs: dict[str, Any]
+        call_tree: dict[str, Any]
+        latency_ms: float
+        payload_notes: dict[str, Any]
+
+        def apply(self, aggregate: Prediction) -> None:
+            """Mark the prediction completed."""
+            aggregate.status = "completed"
+
+    class PredictionFailed(LedgerAggregate.Event):
+        """The program raised; the user's exception propagated unchanged."""
+
+        error_type: str
+        message: str
+        call_tree: dict[str, Any]
+        latency_ms: float
+
+        def apply(self, aggregate: Prediction) -> None:
+            """Mark the prediction failed."""
+            aggregate.status = "failed"
+
+    class FeedbackRecorded(LedgerAggregate.Event):
+        """Someone judged the prediction after the fact."""
+
+        score: float | None
+        label: str | None
+        by: str
+        comment: str | None
+
+    def __init__(self, program_version_id: UUID | None, program_name: str, context: str) -> None:
+        self.program_version_id = program_version_id
+        self.program_name = program_name
+        self.context = context
+        self.status = "started"
+        self.model_calls = 0
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        prediction_id: UUID,
+        program_version_id: UUID | None,
+        program_name: str,
+        inputs: dict[str, Any],
+        context: str,
+        payload_notes: dict[str, Any] | None = None,
+        actor: str,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Prediction:
+        """Start a prediction stream (``PredictionStarted``)."""
+        extra: dict[str, Any] = {} if occurred_at is None else {"timestamp": occurred_at}
+        return cls._create(
+            cls.PredictionStarted,
+            id=prediction_id,
+            program_version_id=program_version_id,
+            program_name=program_name,
+            inputs=inputs,
+            context=context,
+            payload_notes=payload_notes or {},
+            **provenance(actor, trace_id, span_id),
+            **extra,
+        )
+
+    def record_model_execution(self, *, occurred_at: datetime | None = None, **fields: Any) -> None:
+        """Record one LM call (``ModelExecuted``); see the event for its fields."""
+        fields.setdefault("payload_notes", {})
+        self.record(self.ModelExecuted, occurred_at, **fields)
+
+    def complete(
+        self,
+        *,
+        outputs: dict[str, Any],
+        call_tree: dict[str, Any],
+        latency_ms: float,
+        payload_notes: dict[str, Any] | None = None,
+        actor: str,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> None:
+        """Record that the program returned (``PredictionCompleted``)."""
+        self._check_not_finished()
+        self.record(
+            self.PredictionCompleted,
+            occurred_at,
+            outputs=outputs,
+            call_tree=call_tree,
+            latency_ms=latency_ms,
+            payload_notes=payload_notes or {},
+            **provenance(actor, trace_id, span_id),
+        )
+
+    def fail(
+        self,
+        *,
+        error_type: str,
+        message: str,
+        call_tree: dict[str, Any],
+        latency_ms: float,
+        actor: str,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> None:
+        """Record that the program raised (``PredictionFailed``)."""
+        self._check_not_finished()
+        self.record(
+            self.PredictionFailed,
+            occurred_at,
+            error_type=error_type,
+            message=message,
+            call_tree=call_tree,
+            latency_ms=latency_ms,
+            **provenance(actor, trace_id, span_id),
+        )
+
+    def record_feedback(
+        self,
+        *,
+        score: float | None,
+        label: str | None,
+        by: str,
+        comment: str | None = None,
+        actor: str,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+    ) -> None:
+        """Record a judgement of this prediction (``FeedbackRecorded``)."""
+        self.record(
+            self.FeedbackRecorded,
+            None,
+            score=score,
+            label=label,
+            by=by,
+            comment=comment,
+            **provenance(actor, trace_id, span_id),
+        )
+
+    def _check_not_finished(self) -> None:
+        if self.status != "started":
+            msg = f"Prediction {self.id} has already {self.status}; it cannot finish twice."
+            raise PredictionAlreadyFinishedError(msg)

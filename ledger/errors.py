@@ -1,0 +1,59 @@
+"""Errors raised by dspy-ledger.
+
+Every error the ledger raises on purpose derives from :class:`LedgerError`, so one
+``except LedgerError`` catches them all::
+
+    LedgerError
+    ├── StorageURLError         the store URL cannot be understood
+    ├── StoreUnavailableError   the store cannot be reached, opened or written
+    │   └── LedgerNotFoundError a read was asked of a ledger that does not exist yet
+    ├── RecordingError          events could not be committed (sync durability, or at close)
+    ├── StreamNotFoundError     no stream has the given id
+    └── InvalidInputError       a value given by the user is malformed
+
+Every message is one sentence that says what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Root of every error dspy-ledger raises on purpose."""
+
+
+class StorageURLError(LedgerError, ValueError):
+    """The store URL is malformed or names an unsupported scheme."""
+
+
+class StoreUnavailableError(LedgerError):
+    """The store cannot be reached, opened or written (server down, bad credentials, ...)."""
+
+
+class LedgerNotFoundError(StoreUnavailableError):
+    """A read command was pointed at a ledger that has not been created yet."""
+
+
+class RecordingError(LedgerError):
+    """Recorded events could not be committed to the store.
+
+    ``pending`` counts the records that were not written when the error was raised.
+    """
+
+    def __init__(self, message: str, *, pending: int = 0) -> None:
+        super().__init__(message)
+        self.pending = pending
+
+
+class StreamNotFoundError(LedgerError, KeyError):
+    """No stream (aggregate) with the given id exists in the ledger."""
+
+    def __init__(self, stream_id: object) -> None:
+        super().__init__(f"No stream with id {stream_id} exists in this ledger.")
+        self.stream_id = stream_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidInputError(LedgerError, ValueError):
+    """A value given by the user (an id, a date, an option) is malformed."""
