@@ -45,7 +45,10 @@ def exit_code_for(error: LedgerError) -> int:
 def run_app(app: Any) -> None:
     """Run a Typer app, turning ledger errors into one sentence and an exit code."""
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns an Exit's code instead of raising it.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except LedgerError as error:
         typer.echo(f"dspy-ledger: {error}", err=True)
         sys.exit(exit_code_for(error))
