@@ -21,6 +21,7 @@ from commands.handlers import DraftHandler
 from commands.payloads import DEFAULT_MAX_STRING_BYTES
 from commands.recorder import LedgerRecorder
 from commands.writer import AsyncWriter, SyncWriter
+from dspy_ledger.integrity import IntegrityMixin
 from ledger.application import LedgerApplication
 from ledger.domain import Prediction
 from ledger.errors import InvalidInputError, RecordingError, StreamNotFoundError
@@ -61,7 +62,7 @@ class Instrumentation(AbstractContextManager["Instrumentation"]):
         self._ledger.flush()
 
 
-class Ledger:
+class Ledger(IntegrityMixin):
     """An open ledger. Create one with :func:`dspy_ledger.open`."""
 
     def __init__(

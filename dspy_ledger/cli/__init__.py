@@ -26,6 +26,15 @@ app.command()(show)
 app.command()(stats)
 
 
+from dspy_ledger.cli.view_commands import register as _register_views  # noqa: E402
+
+_register_views(app)
+
+from dspy_ledger.cli.integrity_commands import register as _register_integrity  # noqa: E402
+
+_register_integrity(app)
+
+
 def main() -> None:
     """Entry point of the ``dspy-ledger`` script."""
     run_app(app)

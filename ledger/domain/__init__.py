@@ -8,6 +8,7 @@ from ledger.domain.dataset import Dataset
 from ledger.domain.evaluation import Evaluation
 from ledger.domain.optimization import OptimizationRun
 from ledger.domain.prediction import Prediction
+from ledger.domain.price import PriceTable
 from ledger.domain.program_version import ProgramVersion
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "LedgerEvent",
     "OptimizationRun",
     "Prediction",
+    "PriceTable",
     "ProgramVersion",
 ]

@@ -1,0 +1,316 @@
+"""The Merkle log over the stored events, kept as a tracked projection.
+
+Leaf ``i`` of the log is the ``i``-th stored event in position (notification id)
+order, hashed as :mod:`ledger.integrity.leaf` defines. The log lives next to the
+events, in the same database:
+
+* ``merkle_leaves`` (PostgreSQL: ``dspyledger_merkle_leaves``): ``leaf_index``,
+  ``position``, ``hash`` (32 bytes), one row per event;
+* ``merkle_frontier`` (``dspyledger_merkle_frontier``): one row with the tree size,
+  the last position hashed and the compact frontier (:class:`Frontier`);
+* the eventsourcing tracking table (SQLite ``tracking``, PostgreSQL
+  ``dspyledger_merkle_tracking``) under the name ``DspyLedgerMerkleLog``.
+
+:meth:`MerkleLog.catch_up` reads the events after the last tracked position in
+batches and writes their leaves, the new frontier and the tracking record in one
+transaction per batch, so the log is exactly-once and resumable and each event is
+hashed once, never recomputed on every write. Two processes catching up at the
+same time conflict on the leaf primary key; the loser rolls back and re-reads.
+
+Positions need not be contiguous (PostgreSQL sequences skip ids of rolled-back
+writes), which is why leaves record the position they were read from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from eventsourcing.persistence import IntegrityError as StoreIntegrityError
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from psycopg.sql import SQL, Identifier
+
+from ledger.application import LedgerApplication
+from ledger.integrity.leaf import event_leaf_hash
+from ledger.integrity.merkle import Frontier, SubtreeHasher
+
+#: Name of the log in the tracking table.
+TRACKING_NAME: Final = "DspyLedgerMerkleLog"
+#: Events hashed per transaction while catching up.
+DEFAULT_BATCH_SIZE: Final = 5000
+
+
+@dataclass(frozen=True)
+class LeafRow:
+    """One stored leaf: its index in the log, the position it came from, its hash."""
+
+    index: int
+    position: int
+    hash: bytes
+
+
+@dataclass(frozen=True)
+class LogState:
+    """The stored frontier and the last position it covers."""
+
+    frontier: Frontier
+    last_position: int
+
+
+class MerkleRecorder(Protocol):
+    """What the log needs from its store (one implementation per backend)."""
+
+    def create_table(self) -> None:
+        """Create the log's tables if they do not exist."""
+
+    def load_state(self) -> LogState:
+        """Return the stored frontier (the empty one if nothing was hashed yet)."""
+
+    def append(self, leaves: Sequence[LeafRow], state: LogState, tracking: Tracking) -> None:
+        """Write leaves, the new frontier and tracking in one transaction."""
+
+    def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
+        """Return up to ``limit`` leaves from ``start_index``, in index order."""
+
+    def leaf_at(self, position: int) -> LeafRow | None:
+        """Return the leaf recorded for a position, if any."""
+
+    def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
+        """Return a leaf with this hash, if any (used to recognise moved rows)."""
+
+
+def _state_json(state: LogState) -> str:
+    return json.dumps(state.frontier.to_list())
+
+
+def _state_from(size: int, position: int, hashes: str) -> LogState:
+    return LogState(Frontier.from_list(json.loads(hashes), size), position)
+
+
+class SQLiteMerkleRecorder(SQLiteTrackingRecorder):
+    """The Merkle log's tables in a SQLite ledger."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        """Add the leaves and frontier tables to eventsourcing's tracking table."""
+        statements = super().construct_create_table_statements()
+        statements.append(
+            "CREATE TABLE IF NOT EXISTS merkle_leaves (leaf_index INTEGER PRIMARY KEY, "
+            "position INTEGER NOT NULL UNIQUE, hash BLOB NOT NULL)"
+        )
+        statements.append(
+            "CREATE TABLE IF NOT EXISTS merkle_frontier (log TEXT PRIMARY KEY, "
+            "size INTEGER NOT NULL, last_position INTEGER NOT NULL, hashes TEXT NOT NULL)"
+        )
+        return statements
+
+    def load_state(self) -> LogState:
+        """Return the stored frontier."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT size, last_position, hashes FROM merkle_frontier WHERE log=?",
+                (TRACKING_NAME,),
+            )
+            row = c.fetchone()
+        if row is None:
+            return LogState(Frontier(), 0)
+        return _state_from(row[0], row[1], row[2])
+
+    def append(self, leaves: Sequence[LeafRow], state: LogState, tracking: Tracking) -> None:
+        """Write leaves, frontier and tracking in one transaction."""
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany(
+                "INSERT INTO merkle_leaves (leaf_index, position, hash) VALUES (?, ?, ?)",
+                [(leaf.index, leaf.position, leaf.hash) for leaf in leaves],
+            )
+            c.execute(
+                "INSERT INTO merkle_frontier (log, size, last_position, hashes) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (log) DO UPDATE SET size=excluded.size, "
+                "last_position=excluded.last_position, hashes=excluded.hashes",
+                (TRACKING_NAME, state.frontier.size, state.last_position, _state_json(state)),
+            )
+            self._insert_tracking(c, tracking)
+
+    def _leaves(self, where: str, params: Sequence[Any]) -> list[LeafRow]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT leaf_index, position, hash FROM merkle_leaves {where}", params)
+            return [LeafRow(r[0], r[1], bytes(r[2])) for r in c.fetchall()]
+
+    def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
+        """Return leaves from ``start_index`` in index order."""
+        return self._leaves(
+            "WHERE leaf_index >= ? ORDER BY leaf_index LIMIT ?", (start_index, limit)
+        )
+
+    def leaf_at(self, position: int) -> LeafRow | None:
+        """Return the leaf recorded for ``position``."""
+        found = self._leaves("WHERE position = ?", (position,))
+        return found[0] if found else None
+
+    def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
+        """Return a leaf with this hash."""
+        found = self._leaves("WHERE hash = ? LIMIT 1", (hash_,))
+        return found[0] if found else None
+
+
+class PostgresMerkleRecorder(PostgresTrackingRecorder):
+    """The Merkle log's tables in a PostgreSQL ledger (in the URL's schema)."""
+
+    def __init__(self, datastore: PostgresDatastore, *, prefix: str = "dspyledger_merkle") -> None:
+        """Declare the leaves, frontier and tracking tables named after ``prefix``."""
+        super().__init__(datastore, tracking_table_name=f"{prefix}_tracking")
+        schema = Identifier(datastore.schema)
+        self.leaves_table = SQL("{0}.{1}").format(schema, Identifier(f"{prefix}_leaves"))
+        self.frontier_table = SQL("{0}.{1}").format(schema, Identifier(f"{prefix}_frontier"))
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} (leaf_index bigint PRIMARY KEY, "
+                "position bigint NOT NULL UNIQUE, hash bytea NOT NULL)"
+            ).format(self.leaves_table)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} (log text PRIMARY KEY, size bigint NOT NULL, "
+                "last_position bigint NOT NULL, hashes text NOT NULL)"
+            ).format(self.frontier_table)
+        )
+
+    def load_state(self) -> LogState:
+        """Return the stored frontier."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL("SELECT size, last_position, hashes FROM {0} WHERE log = %s").format(
+                    self.frontier_table
+                ),
+                (TRACKING_NAME,),
+            )
+            row = curs.fetchone()
+        if row is None:
+            return LogState(Frontier(), 0)
+        return _state_from(row["size"], row["last_position"], row["hashes"])
+
+    def append(self, leaves: Sequence[LeafRow], state: LogState, tracking: Tracking) -> None:
+        """Write leaves, frontier and tracking in one transaction."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.executemany(
+                SQL("INSERT INTO {0} (leaf_index, position, hash) VALUES (%s, %s, %s)").format(
+                    self.leaves_table
+                ),
+                [(leaf.index, leaf.position, leaf.hash) for leaf in leaves],
+            )
+            curs.execute(
+                SQL(
+                    "INSERT INTO {0} (log, size, last_position, hashes) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (log) DO UPDATE SET size = EXCLUDED.size, "
+                    "last_position = EXCLUDED.last_position, hashes = EXCLUDED.hashes"
+                ).format(self.frontier_table),
+                (TRACKING_NAME, state.frontier.size, state.last_position, _state_json(state)),
+            )
+            self._insert_tracking(curs, tracking)
+
+    def _leaves(self, where: str, params: Sequence[Any]) -> list[LeafRow]:
+        query = SQL("SELECT leaf_index, position, hash FROM {0} ").format(self.leaves_table)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query + SQL(where), params)
+            return [
+                LeafRow(r["leaf_index"], r["position"], bytes(r["hash"])) for r in curs.fetchall()
+            ]
+
+    def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
+        """Return leaves from ``start_index`` in index order."""
+        return self._leaves(
+            "WHERE leaf_index >= %s ORDER BY leaf_index LIMIT %s", (start_index, limit)
+        )
+
+    def leaf_at(self, position: int) -> LeafRow | None:
+        """Return the leaf recorded for ``position``."""
+        found = self._leaves("WHERE position = %s", (position,))
+        return found[0] if found else None
+
+    def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
+        """Return a leaf with this hash."""
+        found = self._leaves("WHERE hash = %s LIMIT 1", (hash_,))
+        return found[0] if found else None
+
+
+def make_recorder(app: LedgerApplication) -> MerkleRecorder:
+    """Return the Merkle recorder sharing the application's datastore."""
+    datastore = app.recorder.datastore  # type: ignore[attr-defined]
+    recorder: MerkleRecorder
+    if isinstance(datastore, SQLiteDatastore):
+        recorder = SQLiteMerkleRecorder(datastore)
+    elif isinstance(datastore, PostgresDatastore):
+        recorder = PostgresMerkleRecorder(datastore)
+    else:  # pragma: no cover - LedgerApplication only builds these two
+        msg = f"The Merkle log does not support {type(datastore).__name__}."
+        raise TypeError(msg)
+    recorder.create_table()
+    return recorder
+
+
+Progress = Callable[[int], None]
+
+
+class MerkleLog:
+    """The ledger's Merkle log: catch up with the events, read leaves, build proofs."""
+
+    def __init__(self, app: LedgerApplication, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        """Open (creating its tables if needed) the log of ``app``'s store."""
+        self.app = app
+        self.batch_size = batch_size
+        self.recorder = make_recorder(app)
+
+    def state(self) -> LogState:
+        """The stored frontier: tree size, root and last position hashed."""
+        return self.recorder.load_state()
+
+    def catch_up(self, progress: Progress | None = None) -> int:
+        """Hash the events stored after the log's last position; return how many."""
+        added = 0
+        while True:
+            state = self.recorder.load_state()
+            batch = self.app.recorder.select_notifications(
+                start=state.last_position + 1, limit=self.batch_size
+            )
+            if not batch:
+                return added
+            frontier = Frontier.from_list(state.frontier.to_list(), state.frontier.size)
+            leaves: list[LeafRow] = []
+            for n in batch:
+                digest = event_leaf_hash(n.topic, n.originator_id, n.originator_version, n.state)
+                leaves.append(LeafRow(frontier.size, n.id, digest))
+                frontier.append(digest)
+            try:
+                self.recorder.append(
+                    leaves, LogState(frontier, batch[-1].id), Tracking(TRACKING_NAME, batch[-1].id)
+                )
+            except StoreIntegrityError:
+                # Another process hashed this batch first; re-read its frontier.
+                continue
+            added += len(leaves)
+            if progress is not None:
+                progress(len(leaves))
+
+    def iter_leaves(self, start_index: int = 0) -> Iterator[LeafRow]:
+        """Yield the stored leaves in index order, in batches."""
+        index = start_index
+        while True:
+            batch = self.recorder.select_leaves(index, self.batch_size)
+            yield from batch
+            if len(batch) < self.batch_size:
+                return
+            index = batch[-1].index + 1
+
+    def fetch(self, start: int, end: int) -> Sequence[bytes]:
+        """Leaf hashes ``start <= i < end`` (the :class:`SubtreeHasher` callback)."""
+        # Filtering on the index makes a hole in the leaf table show up as a short read
+        # (which SubtreeHasher reports) rather than as shifted leaves.
+        rows = self.recorder.select_leaves(start, end - start)
+        return [leaf.hash for leaf in rows if leaf.index < end]
+
+    def hasher(self) -> SubtreeHasher:
+        """A hasher over the stored leaves, for roots and proofs at any size."""
+        return SubtreeHasher(self.fetch)

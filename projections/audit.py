@@ -1,0 +1,55 @@
+"""The audit view: who did what, in the order it was recorded."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from projections.base import Cursor, PostgresView, SQLiteView, ViewRecorder, id_text, utc_text
+
+
+class AuditLogic(ViewRecorder):
+    """One row per event: actor, time, stream and event type."""
+
+    view_name: ClassVar[str] = "audit"
+    tables: ClassVar[dict[str, str]] = {
+        "audit_events": (
+            "(position BIGINT PRIMARY KEY, actor TEXT NOT NULL, occurred_at TEXT NOT NULL,"
+            " stream_id TEXT NOT NULL, stream_version BIGINT NOT NULL, event_type TEXT NOT NULL,"
+            " trace_id TEXT)"
+        ),
+    }
+
+    def handle(self, cursor: Cursor, position: int, event_type: str, e: dict[str, Any]) -> None:
+        """Record every known event."""
+        cursor.execute(
+            "INSERT INTO {audit_events} VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                position,
+                e.get("actor") or "unknown",
+                utc_text(e["timestamp"]),
+                id_text(e["originator_id"]),
+                int(e["originator_version"]),
+                event_type,
+                e.get("trace_id"),
+            ),
+        )
+
+    def by_actor(self, actor: str, since: str | None, until: str | None) -> list[dict[str, Any]]:
+        """Everything one actor did, in position order."""
+        text = "SELECT * FROM {audit_events} WHERE actor = ?"
+        params: list[Any] = [actor]
+        if since is not None:
+            text += " AND occurred_at >= ?"
+            params.append(since)
+        if until is not None:
+            text += " AND occurred_at < ?"
+            params.append(until)
+        return self.rows(text + " ORDER BY position", params)
+
+
+class SQLiteAuditView(AuditLogic, SQLiteView):
+    """The audit view in SQLite."""
+
+
+class PostgresAuditView(AuditLogic, PostgresView):
+    """The audit view in PostgreSQL."""

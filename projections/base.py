@@ -1,0 +1,247 @@
+"""What every view shares: its tables next to a library tracking recorder.
+
+A view is a :class:`ViewRecorder` mixed into the library's ``SQLiteTrackingRecorder``
+or ``PostgresTrackingRecorder``. :meth:`ViewRecorder.process` writes the rows for a
+batch of events and then the tracking record (``self._insert_tracking``) on the same
+cursor, in one transaction: a view is exactly as far along as its tracking says, so
+a crash loses nothing and repeats nothing.
+
+Views live in the ledger's own database (same SQLite file, same PostgreSQL schema).
+The SQLite tracking table is shared by every tracking recorder in the file and keyed
+by application name, so each view tracks the ledger's sequence under its own name,
+``DspyLedger/<view>``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from psycopg.sql import SQL
+
+#: Every event type the views know; anything else is skipped and counted.
+KNOWN_EVENT_TYPES = frozenset(
+    {
+        "ProgramVersionRegistered",
+        "DatasetRegistered",
+        "PredictionStarted",
+        "ModelExecuted",
+        "PredictionCompleted",
+        "PredictionFailed",
+        "FeedbackRecorded",
+        "OptimizationStarted",
+        "OptimizationCompleted",
+        "OptimizationFailed",
+        "EvaluationStarted",
+        "EvaluationCompleted",
+        "EvaluationFailed",
+        "PriceTableCreated",
+        "PriceSet",
+    }
+)
+
+#: One event handed to a view: (position, event type, attributes or None if undecodable).
+ViewItem = tuple[int, str, dict[str, Any] | None]
+
+
+def utc_text(value: datetime) -> str:
+    """A timestamp as fixed-width UTC text, so that text order is time order in SQL."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def id_text(value: Any) -> str | None:
+    """A stream id (UUID) as text, keeping None."""
+    return None if value is None else str(value)
+
+
+def context_kind(context: str | None) -> str:
+    """``production``, ``evaluation``, ``optimization`` or ``replay`` from a context."""
+    return (context or "production").partition(":")[0] or "production"
+
+
+class Cursor:
+    """A database cursor that speaks one SQL text to both backends.
+
+    View SQL is written with ``?`` parameters and ``{table}`` names; this turns them
+    into what the backend wants (``%s`` and schema-qualified names for PostgreSQL).
+    """
+
+    def __init__(self, raw: Any, view: ViewRecorder) -> None:
+        self.raw = raw
+        self.view = view
+
+    def execute(self, text: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement."""
+        self.raw.execute(self.view.sql(text), tuple(params))
+
+    def rows(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a query and return its rows as dicts."""
+        self.execute(text, params)
+        return [dict(row) for row in self.raw.fetchall()]
+
+
+class ViewRecorder:
+    """The backend-independent part of a view: its tables, event handling and queries."""
+
+    #: The view's name (``cost``, ``accuracy``, ...); also names its tracking.
+    view_name: ClassVar[str] = ""
+    #: Table name -> column definitions (portable SQL: TEXT, BIGINT, DOUBLE PRECISION).
+    tables: ClassVar[dict[str, str]] = {}
+    application_name: ClassVar[str] = "DspyLedger"
+
+    @property
+    def tracking_name(self) -> str:
+        """The name this view's tracking record is kept under."""
+        return f"{self.application_name}/{self.view_name}"
+
+    @abstractmethod
+    def sql(self, text: str) -> str:
+        """Translate portable view SQL for this backend."""
+
+    @abstractmethod
+    def _view_transaction(self, *, commit: bool) -> Any:
+        """A transaction on the view's datastore, yielding a raw cursor."""
+
+    @abstractmethod
+    def _tracking_table(self) -> str:
+        """The qualified name of the library's tracking table."""
+
+    if TYPE_CHECKING:
+        # Provided by the library's tracking recorder this class is mixed into; not
+        # declared at run time, where a stub here would shadow it in the MRO.
+        def _insert_tracking(self, c: Any, tracking: Tracking) -> None: ...
+
+        def max_tracking_id(self, application_name: str) -> int | None: ...
+
+        def create_table(self) -> None: ...
+
+    @abstractmethod
+    def handle(self, cursor: Cursor, position: int, event_type: str, e: dict[str, Any]) -> None:
+        """Write the rows one known event implies (ignore events the view has no use for)."""
+
+    def ddl(self) -> list[str]:
+        """The CREATE TABLE statements of the view's tables, including the skip counter."""
+        tables = {
+            **self.tables,
+            f"{self.view_name}_skipped": "(event_type TEXT PRIMARY KEY, events BIGINT NOT NULL)",
+        }
+        return [f"CREATE TABLE IF NOT EXISTS {{{name}}} {cols}" for name, cols in tables.items()]
+
+    @contextmanager
+    def cursor(self, *, commit: bool = False) -> Iterator[Cursor]:
+        """A portable cursor inside one transaction (committed only if ``commit``)."""
+        with self._view_transaction(commit=commit) as raw:
+            yield Cursor(raw, self)
+
+    def process(self, items: Sequence[ViewItem], tracking: Tracking) -> int:
+        """Write a batch of events and its tracking record in one transaction.
+
+        Returns how many events were skipped as unknown.
+        """
+        skipped: dict[str, int] = {}
+        with self.cursor(commit=True) as c:
+            for position, event_type, attributes in items:
+                if attributes is None or event_type not in KNOWN_EVENT_TYPES:
+                    skipped[event_type] = skipped.get(event_type, 0) + 1
+                    continue
+                self.handle(c, position, event_type, attributes)
+            for event_type, count in skipped.items():
+                c.execute(
+                    f"INSERT INTO {{{self.view_name}_skipped}} VALUES (?, ?) "
+                    "ON CONFLICT (event_type) DO UPDATE "
+                    f"SET events = {{{self.view_name}_skipped}}.events + excluded.events",
+                    (event_type, count),
+                )
+            self._insert_tracking(c.raw, tracking)
+        return sum(skipped.values())
+
+    def position(self) -> int:
+        """The position of the last event this view has processed (0 if none)."""
+        return self.max_tracking_id(self.tracking_name) or 0
+
+    def reset(self) -> None:
+        """Empty the view and its tracking, in one transaction, ready for a rebuild."""
+        with self.cursor(commit=True) as c:
+            for name in [*self.tables, f"{self.view_name}_skipped"]:
+                c.execute(f"DELETE FROM {{{name}}}")
+            # The library's tracking only moves forward; a rebuild must start it over.
+            c.raw.execute(
+                self.sql(f"DELETE FROM {self._tracking_table()} WHERE application_name = ?"),
+                (self.tracking_name,),
+            )
+
+    def skipped(self) -> dict[str, int]:
+        """Unknown event types this view has skipped, with counts."""
+        with self.cursor() as c:
+            rows = c.rows(f"SELECT event_type, events FROM {{{self.view_name}_skipped}}")
+        return {str(r["event_type"]): int(r["events"]) for r in rows}
+
+    def rows(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a read-only query on the view."""
+        with self.cursor() as c:
+            return c.rows(text, params)
+
+
+class SQLiteView(ViewRecorder, SQLiteTrackingRecorder):
+    """A view stored in SQLite."""
+
+    def __init__(self, datastore: SQLiteDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+
+    def construct_create_table_statements(self) -> list[str]:
+        """The library's tracking table and the view's tables."""
+        return [*super().construct_create_table_statements(), *map(self.sql, self.ddl())]
+
+    def sql(self, text: str) -> str:
+        """Table names are plain in SQLite; ``?`` parameters are native."""
+        names = [*self.tables, f"{self.view_name}_skipped"]
+        return text.format(**{n: n for n in names})
+
+    def _view_transaction(self, *, commit: bool) -> Any:
+        return self.datastore.transaction(commit=commit)
+
+    def _tracking_table(self) -> str:
+        return "tracking"
+
+
+class PostgresView(ViewRecorder, PostgresTrackingRecorder):
+    """A view stored in PostgreSQL, in the ledger's schema."""
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        kwargs.setdefault("tracking_table_name", f"{self.view_name}_view_tracking")
+        super().__init__(datastore, **kwargs)
+        self.sql_create_statements.extend(SQL(self.sql(s)).format() for s in self.ddl())
+
+    def sql(self, text: str) -> str:
+        """Qualify table names with the schema; psycopg wants ``%s`` parameters."""
+        schema = self.datastore.schema
+        names = [*self.tables, f"{self.view_name}_skipped"]
+        qualified = {n: f'"{schema}"."{n}"' for n in names}
+        return text.format(**qualified).replace("?", "%s")
+
+    def _view_transaction(self, *, commit: bool) -> Any:
+        return self.datastore.transaction(commit=commit)
+
+    def _tracking_table(self) -> str:
+        return f'"{self.datastore.schema}"."{self.tracking_table_name}"'
+
+
+__all__ = [
+    "KNOWN_EVENT_TYPES",
+    "Cursor",
+    "PostgresView",
+    "SQLiteView",
+    "ViewItem",
+    "ViewRecorder",
+    "context_kind",
+    "id_text",
+    "utc_text",
+]

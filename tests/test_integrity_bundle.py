@@ -1,0 +1,143 @@
+"""Audit bundles verify offline; edited bundles and bad inputs fail with distinct codes."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dspy_ledger.cli import app
+from dspy_ledger.ledger import Ledger
+from ledger.domain import Dataset
+
+runner = CliRunner()
+
+
+def _make_ledger(url: str, offset: int = 0) -> None:
+    with Ledger(url, actor="auditor") as ledger:
+        ledger.app.save_aggregates(
+            *[
+                Dataset.register(
+                    digest=f"b{i}", example_digests=[], examples=[{"i": i}], actor="auditor"
+                )
+                for i in range(offset, offset + 25)
+            ]
+        )
+
+
+@pytest.fixture
+def signed(tmp_path: Path) -> dict[str, Path | str]:
+    """A ledger, a key pair, a signed checkpoint file and a signed bundle."""
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    _make_ledger(url)
+    key = tmp_path / "key.pem"
+    assert runner.invoke(app, ["keygen", str(key)]).exit_code == 0
+    result = runner.invoke(app, ["checkpoint", "--db", url, "--sign", str(key)])
+    assert result.exit_code == 0, result.output
+    checkpoint = tmp_path / "cp.txt"
+    checkpoint.write_text(result.stdout)
+    bundle = tmp_path / "b.zip"
+    result = runner.invoke(app, ["bundle", str(bundle), "--db", url, "--sign", str(key)])
+    assert result.exit_code == 0, result.output
+    return {"url": url, "key": key, "pub": Path(f"{key}.pub"), "cp": checkpoint, "zip": bundle}
+
+
+def _rewrite(bundle: Path, member: str, edit: object) -> None:
+    with zipfile.ZipFile(bundle) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members[member] = edit(members[member])  # type: ignore[operator]
+    with zipfile.ZipFile(bundle, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def verify(*args: object) -> int:
+    return runner.invoke(app, ["verify-bundle", *map(str, args)]).exit_code
+
+
+def test_a_signed_bundle_verifies_against_the_older_checkpoint_and_key(signed: dict) -> None:
+    assert verify(signed["zip"], "--against", signed["cp"], "--public-key", signed["pub"]) == 0
+
+
+def test_verify_against_the_checkpoint_file_passes_on_the_database(signed: dict) -> None:
+    result = runner.invoke(app, ["verify", "--db", signed["url"], "--against", str(signed["cp"])])
+    assert result.exit_code == 0, result.output
+
+
+def test_an_edited_event_fails_to_verify(signed: dict) -> None:
+    def edit(data: bytes) -> bytes:
+        lines = data.decode().splitlines()
+        entry = json.loads(lines[3])
+        entry["version"] += 1
+        lines[3] = json.dumps(entry)
+        return ("\n".join(lines) + "\n").encode()
+
+    _rewrite(signed["zip"], "events.jsonl", edit)
+    assert verify(signed["zip"]) == 17
+
+
+def test_a_removed_proof_step_fails_to_verify(signed: dict) -> None:
+    def edit(data: bytes) -> bytes:
+        lines = data.decode().splitlines()
+        entry = json.loads(lines[0])
+        entry["proof"] = entry["proof"][:-1]
+        lines[0] = json.dumps(entry)
+        return ("\n".join(lines) + "\n").encode()
+
+    _rewrite(signed["zip"], "events.jsonl", edit)
+    assert verify(signed["zip"]) == 17
+
+
+def test_a_checkpoint_from_another_ledger_fails(signed: dict, tmp_path: Path) -> None:
+    other = f"sqlite:///{tmp_path}/other.db"
+    _make_ledger(other, offset=100)
+    foreign = runner.invoke(app, ["checkpoint", "--db", other]).stdout
+    _rewrite(signed["zip"], "checkpoint.txt", lambda _: foreign.encode())
+    assert verify(signed["zip"]) == 17
+
+
+def test_a_signature_by_another_key_is_refused(signed: dict, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger.pem"
+    runner.invoke(app, ["keygen", str(stranger)])
+    assert verify(signed["zip"], "--public-key", f"{stranger}.pub") == 16
+
+
+def test_a_truncated_zip_is_a_corrupt_bundle(signed: dict) -> None:
+    data = signed["zip"].read_bytes()
+    signed["zip"].write_bytes(data[: len(data) // 2])
+    result = runner.invoke(app, ["verify-bundle", str(signed["zip"])])
+    assert result.exit_code == 22
+    assert "corrupt or truncated" in result.output
+
+
+def test_a_checkpoint_file_in_the_wrong_format_is_refused(signed: dict, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("tree size: 12\nroot: abc\n")
+    assert verify(signed["zip"], "--against", wrong) == 21
+
+
+def test_a_missing_key_file_is_a_missing_file(signed: dict, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["checkpoint", "--db", signed["url"], "--sign", str(tmp_path / "nope.pem")]
+    )
+    assert result.exit_code == 20
+    assert "Cannot read the key file" in result.output
+
+
+def test_a_public_key_is_not_a_signing_key(signed: dict) -> None:
+    result = runner.invoke(app, ["checkpoint", "--db", signed["url"], "--sign", str(signed["pub"])])
+    assert result.exit_code == 23
+
+
+def test_verify_names_the_first_tampered_position_with_its_exit_code(signed: dict) -> None:
+    import sqlite3
+
+    path = signed["url"].removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE stored_events SET topic = topic || 'x' WHERE rowid = 7")
+    result = runner.invoke(app, ["verify", "--db", signed["url"], "--json"])
+    assert result.exit_code == 10
+    assert json.loads(result.stdout)["problem"]["position"] == 7
