@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from projections.base import Cursor, PostgresView, SQLiteView, ViewRecorder, id_text, utc_text
+from projections.base import (
+    Cursor,
+    PostgresView,
+    SQLiteView,
+    ViewRecorder,
+    id_text,
+    time_window,
+    utc_text,
+)
 
 #: Feedback report dimension -> column of ``acc_feedback``.
 FEEDBACK_DIMENSIONS = {"version": "program_version_id", "model": "model", "day": "day"}
@@ -109,7 +117,7 @@ class AccuracyLogic(ViewRecorder):
 
     def evaluations(self, since: str | None, until: str | None) -> list[dict[str, Any]]:
         """Every completed evaluation in the window, oldest first."""
-        where, params = _window(since, until)
+        where, params = time_window(since, until)
         return self.rows(
             "SELECT evaluation_id, program_version_id, devset_digest, metric, score, occurred_at"
             f" FROM {{acc_evaluations}} {where} ORDER BY occurred_at, position",
@@ -120,7 +128,7 @@ class AccuracyLogic(ViewRecorder):
         """Feedback counts and mean score grouped by version, model and/or day."""
         columns = [FEEDBACK_DIMENSIONS[name] for name in by]
         select = "".join(f"{col} AS {name}, " for name, col in zip(by, columns, strict=True))
-        where, params = _window(since, until)
+        where, params = time_window(since, until)
         text = (
             f"SELECT {select}COUNT(*) AS feedback, COUNT(score) AS scored,"
             f" AVG(score) AS mean_score FROM {{acc_feedback}} {where}"
@@ -144,18 +152,6 @@ class AccuracyLogic(ViewRecorder):
             (version_id,),
         )
         return found[0] if found else None
-
-
-def _window(since: str | None, until: str | None) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if since is not None:
-        clauses.append("occurred_at >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append("occurred_at < ?")
-        params.append(until)
-    return ("WHERE " + " AND ".join(clauses) if clauses else "", params)
 
 
 class SQLiteAccuracyView(AccuracyLogic, SQLiteView):

@@ -245,3 +245,16 @@ __all__ = [
     "id_text",
     "utc_text",
 ]
+
+
+def time_window(since: str | None, until: str | None) -> tuple[str, list[Any]]:
+    """A WHERE clause (and its parameters) for rows between ``since`` and ``until``."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        clauses.append("occurred_at >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("occurred_at < ?")
+        params.append(until)
+    return ("WHERE " + " AND ".join(clauses) if clauses else "", params)

@@ -18,6 +18,7 @@ from projections.base import (
     ViewRecorder,
     context_kind,
     id_text,
+    time_window,
     utc_text,
 )
 
@@ -127,7 +128,7 @@ class CostLogic(ViewRecorder):
         ``since`` is inclusive and ``until`` exclusive (UTC text as :func:`utc_text`).
         """
         columns = [COST_DIMENSIONS[name] for name in by]
-        where, params = _window(since, until)
+        where, params = time_window(since, until)
         # The price in force for a call: its model's latest PriceSet effective at or
         # before the call (ties broken by the later record).
         price = (
@@ -159,18 +160,6 @@ class CostLogic(ViewRecorder):
             "SELECT model, effective_from, input_usd_per_1m, output_usd_per_1m, actor, position"
             " FROM {cost_prices} ORDER BY model, effective_from, position"
         )
-
-
-def _window(since: str | None, until: str | None) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if since is not None:
-        clauses.append("occurred_at >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append("occurred_at < ?")
-        params.append(until)
-    return ("WHERE " + " AND ".join(clauses) if clauses else "", params)
 
 
 class SQLiteCostView(CostLogic, SQLiteView):
