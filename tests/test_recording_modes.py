@@ -98,8 +98,7 @@ def test_dspy_parallel_records_each_call_as_its_own_prediction(
     questions = [example["question"] for example in demo_examples()[:6]]
     program = dspy.Predict("question -> answer")
     tasks = [
-        (program, dspy.Example(question=question).with_inputs("question"))
-        for question in questions
+        (program, dspy.Example(question=question).with_inputs("question")) for question in questions
     ]
     with dspy.context(lm=simulated_lm(server)):
         results = dspy.Parallel(num_threads=3, disable_progress_bar=True)(tasks)
