@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import Token
@@ -28,19 +29,21 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, Status, StatusCode
 
 from commands import genai_attributes
-from commands.drafts import Provenance
+from commands.drafts import PredictionDraft, Provenance
 from commands.telemetry_metrics import RecordingMetrics
+from commands.tracing import span_ids
 
 logger = logging.getLogger("dspy_ledger")
 P = ParamSpec("P")
 R = TypeVar("R")
 
 INSTRUMENTATION_NAME = "dspy_ledger"
+RECHECK_SECONDS = 1.0
 KIND = "dspy_ledger.kind"
 STREAM_ID = "dspy_ledger.stream_id"
 STREAM_TYPE = "dspy_ledger.stream_type"
@@ -57,7 +60,7 @@ class TelemetrySettings:
     """
 
     tracer_provider: trace.TracerProvider | None = None
-    meter_provider: Any = None
+    meter_provider: metrics.MeterProvider | None = None
     capture_content: bool = False
     enabled: bool = True
 
@@ -66,14 +69,6 @@ class TelemetrySettings:
 class _OpenSpan:
     span: Span
     token: Token[Context] | None
-
-
-def span_ids(span: Span) -> tuple[str | None, str | None]:
-    """(trace id, span id) of a span in hex, or (None, None) if it is not valid."""
-    context = span.get_span_context()
-    if not context.is_valid:
-        return None, None
-    return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
 def _never_raises(fallback: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -86,9 +81,8 @@ def _never_raises(fallback: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 return method(*args, **kwargs)
             except Exception:
                 telemetry = args[0]
-                assert isinstance(telemetry, Telemetry)
-                with telemetry._lock:
-                    telemetry.errors += 1
+                if isinstance(telemetry, Telemetry):
+                    telemetry.count_error()
                 logger.exception("dspy-ledger could not trace a call; recording carries on.")
                 return fallback  # type: ignore[no-any-return]
 
@@ -107,31 +101,44 @@ class Telemetry:
         self.settings = settings or TelemetrySettings()
         self.metrics = RecordingMetrics(self.settings.meter_provider, self.settings.enabled)
         self._open: dict[str, _OpenSpan] = {}
-        self._tracer_for: tuple[object, trace.Tracer] | None = None
+        self._tracer: trace.Tracer | None = None
+        self._tracer_of: object = None
+        self._recheck_at = 0.0
         self._lock = threading.Lock()
         self.errors = 0
+
+    def count_error(self) -> None:
+        """Count one failure of the telemetry itself (the program and ledger carry on)."""
+        with self._lock:
+            self.errors += 1
 
     # -- the tracer (the no-op fast path) ---------------------------------------------
 
     def tracer(self) -> trace.Tracer | None:
-        """The tracer to use now, or None when no tracer provider is configured."""
+        """The tracer to use now, or None when no tracer provider is configured.
+
+        The application's global provider is looked up at most once a second (the
+        lookup reads the environment, which would dominate the no-op fast path).
+        """
         if not self.settings.enabled:
             return None
+        now = time.monotonic()
+        if now < self._recheck_at:
+            return self._tracer
         provider = self.settings.tracer_provider or trace.get_tracer_provider()
-        cached = self._tracer_for
-        if cached is not None and cached[0] is provider:
-            return cached[1]
         if isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider)):
-            return None
-        tracer = provider.get_tracer(INSTRUMENTATION_NAME)
-        self._tracer_for = (provider, tracer)
-        return tracer
+            self._tracer = None
+        elif self._tracer is None or self._tracer_of is not provider:
+            self._tracer = provider.get_tracer(INSTRUMENTATION_NAME)
+            self._tracer_of = provider
+        self._recheck_at = now + RECHECK_SECONDS
+        return self._tracer
 
     # -- hooks the recorder calls --------------------------------------------------------
 
     @_never_raises(None)
     def prediction_started(
-        self, call_id: str, parent_call_id: str | None, prediction: Any, inputs: Any
+        self, call_id: str, parent_call_id: str | None, prediction: PredictionDraft, inputs: Any
     ) -> None:
         """Open a prediction's root span; its events will carry the span's ids."""
         tracer = self.tracer()

@@ -7,11 +7,19 @@ With no meter provider configured every call returns after one check.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeterProvider, Observation
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Meter,
+    MeterProvider,
+    NoOpMeterProvider,
+    Observation,
+)
 
 try:  # the API's placeholder before an application sets a provider
     from opentelemetry.metrics._internal import _ProxyMeterProvider as _Proxy
@@ -19,6 +27,7 @@ except ImportError:  # pragma: no cover - a future API may move it
     _Proxy = NoOpMeterProvider  # type: ignore[misc,assignment]
 
 METER_NAME = "dspy_ledger"
+RECHECK_SECONDS = 1.0
 
 
 class _Instruments:
@@ -50,26 +59,38 @@ class _Instruments:
 class RecordingMetrics:
     """The ledger's instruments on one meter provider (``None``: the global one)."""
 
-    def __init__(self, meter_provider: Any, enabled: bool = True) -> None:
+    def __init__(self, meter_provider: MeterProvider | None, enabled: bool = True) -> None:
         self._explicit = meter_provider
         self._enabled = enabled
-        self._instruments: tuple[object, _Instruments] | None = None
+        self._instruments: _Instruments | None = None
+        self._instruments_of: object = None
+        self._recheck_at = 0.0
+        self._lock = threading.Lock()
         self._failure_sources: list[Callable[[], int]] = []
-
-    def _provider(self) -> Any:
-        return self._explicit or metrics.get_meter_provider()
 
     def enabled(self) -> bool:
         """True when a real meter provider would receive the measurements."""
-        return self._enabled and not isinstance(self._provider(), (_Proxy, NoOpMeterProvider))
+        return self._get() is not None
 
     def _get(self) -> _Instruments | None:
-        if not self.enabled():
+        # The global provider is looked up at most once a second: the lookup reads the
+        # environment, which would dominate the no-op fast path.
+        if not self._enabled:
             return None
-        provider = self._provider()
-        cached = self._instruments
-        if cached is not None and cached[0] is provider:
-            return cached[1]
+        now = time.monotonic()
+        if now < self._recheck_at:
+            return self._instruments
+        with self._lock:  # instruments (and the failures callback) are created once
+            provider = self._explicit or metrics.get_meter_provider()
+            if isinstance(provider, (_Proxy, NoOpMeterProvider)):
+                self._instruments = None
+            elif self._instruments is None or self._instruments_of is not provider:
+                self._instruments = self._create(provider)
+                self._instruments_of = provider
+            self._recheck_at = now + RECHECK_SECONDS
+            return self._instruments
+
+    def _create(self, provider: MeterProvider) -> _Instruments:
         meter = provider.get_meter(METER_NAME)
         instruments = _Instruments(meter)
         meter.create_observable_counter(
@@ -78,7 +99,6 @@ class RecordingMetrics:
             unit="{failure}",
             description="Recording failures (the program carried on)",
         )
-        self._instruments = (provider, instruments)
         return instruments
 
     def observe_failures(self, source: Callable[[], int]) -> None:
