@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import Token
@@ -36,14 +35,13 @@ from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, S
 from commands import genai_attributes
 from commands.drafts import PredictionDraft, Provenance
 from commands.telemetry_metrics import RecordingMetrics
-from commands.tracing import span_ids
+from commands.tracing import FromProvider, span_ids
 
 logger = logging.getLogger("dspy_ledger")
 P = ParamSpec("P")
 R = TypeVar("R")
 
 INSTRUMENTATION_NAME = "dspy_ledger"
-RECHECK_SECONDS = 1.0
 KIND = "dspy_ledger.kind"
 STREAM_ID = "dspy_ledger.stream_id"
 STREAM_TYPE = "dspy_ledger.stream_type"
@@ -101,9 +99,12 @@ class Telemetry:
         self.settings = settings or TelemetrySettings()
         self.metrics = RecordingMetrics(self.settings.meter_provider, self.settings.enabled)
         self._open: dict[str, _OpenSpan] = {}
-        self._tracer: trace.Tracer | None = None
-        self._tracer_of: object = None
-        self._recheck_at = 0.0
+        self._tracer = FromProvider(
+            self.settings.tracer_provider,
+            trace.get_tracer_provider,
+            (ProxyTracerProvider, NoOpTracerProvider),
+            lambda provider: provider.get_tracer(INSTRUMENTATION_NAME),
+        )
         self._lock = threading.Lock()
         self.errors = 0
 
@@ -115,24 +116,8 @@ class Telemetry:
     # -- the tracer (the no-op fast path) ---------------------------------------------
 
     def tracer(self) -> trace.Tracer | None:
-        """The tracer to use now, or None when no tracer provider is configured.
-
-        The application's global provider is looked up at most once a second (the
-        lookup reads the environment, which would dominate the no-op fast path).
-        """
-        if not self.settings.enabled:
-            return None
-        now = time.monotonic()
-        if now < self._recheck_at:
-            return self._tracer
-        provider = self.settings.tracer_provider or trace.get_tracer_provider()
-        if isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider)):
-            self._tracer = None
-        elif self._tracer is None or self._tracer_of is not provider:
-            self._tracer = provider.get_tracer(INSTRUMENTATION_NAME)
-            self._tracer_of = provider
-        self._recheck_at = now + RECHECK_SECONDS
-        return self._tracer
+        """The tracer to use now, or None when no tracer provider is configured."""
+        return self._tracer.get() if self.settings.enabled else None
 
     # -- hooks the recorder calls --------------------------------------------------------
 

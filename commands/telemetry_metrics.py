@@ -7,8 +7,6 @@ With no meter provider configured every call returns after one check.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,13 +19,14 @@ from opentelemetry.metrics import (
     Observation,
 )
 
+from commands.tracing import FromProvider
+
 try:  # the API's placeholder before an application sets a provider
     from opentelemetry.metrics._internal import _ProxyMeterProvider as _Proxy
 except ImportError:  # pragma: no cover - a future API may move it
     _Proxy = NoOpMeterProvider  # type: ignore[misc,assignment]
 
 METER_NAME = "dspy_ledger"
-RECHECK_SECONDS = 1.0
 
 
 class _Instruments:
@@ -60,35 +59,18 @@ class RecordingMetrics:
     """The ledger's instruments on one meter provider (``None``: the global one)."""
 
     def __init__(self, meter_provider: MeterProvider | None, enabled: bool = True) -> None:
-        self._explicit = meter_provider
         self._enabled = enabled
-        self._instruments: _Instruments | None = None
-        self._instruments_of: object = None
-        self._recheck_at = 0.0
-        self._lock = threading.Lock()
         self._failure_sources: list[Callable[[], int]] = []
+        self._instruments = FromProvider(
+            meter_provider, metrics.get_meter_provider, (_Proxy, NoOpMeterProvider), self._create
+        )
 
     def enabled(self) -> bool:
         """True when a real meter provider would receive the measurements."""
         return self._get() is not None
 
     def _get(self) -> _Instruments | None:
-        # The global provider is looked up at most once a second: the lookup reads the
-        # environment, which would dominate the no-op fast path.
-        if not self._enabled:
-            return None
-        now = time.monotonic()
-        if now < self._recheck_at:
-            return self._instruments
-        with self._lock:  # instruments (and the failures callback) are created once
-            provider = self._explicit or metrics.get_meter_provider()
-            if isinstance(provider, (_Proxy, NoOpMeterProvider)):
-                self._instruments = None
-            elif self._instruments is None or self._instruments_of is not provider:
-                self._instruments = self._create(provider)
-                self._instruments_of = provider
-            self._recheck_at = now + RECHECK_SECONDS
-            return self._instruments
+        return self._instruments.get() if self._enabled else None
 
     def _create(self, provider: MeterProvider) -> _Instruments:
         meter = provider.get_meter(METER_NAME)
