@@ -240,7 +240,10 @@ class Telemetry:
             return
         span = opened.span
         if error is not None:
-            span.record_exception(error)
+            if self.settings.capture_content:
+                span.record_exception(error)
+            else:  # a message (and the traceback's last line) may quote user data
+                span.add_event("exception", {"exception.type": type(error).__name__})
             span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
         if opened.token is not None:
             otel_context.detach(opened.token)  # logs a foreign context, never raises

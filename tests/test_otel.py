@@ -192,6 +192,7 @@ def test_a_failing_prediction_span_has_error_status_and_an_exception_event(
     (event,) = [e for e in root.events if e.name == "exception"]
     assert event.attributes is not None
     assert event.attributes["exception.type"] == "KeyError"
+    assert "no such record" not in str(dict(event.attributes))  # contents are opt-in
     failed = first(events_of(traced.ledger), "PredictionFailed")
     assert (failed.trace_id, failed.span_id) == hex_ids(root)
     (point,) = traced.metric("dspy_ledger.predictions")
