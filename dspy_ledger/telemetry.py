@@ -25,7 +25,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,14 +188,33 @@ def delivery_totals(ledger_url: str) -> dict[str, int]:
 
 def save_delivery(ledger_url: str, owned: OwnedTracing) -> None:
     """Add this process's span delivery counts to the ledger's totals on this machine."""
-    totals = delivery_totals(ledger_url)
-    totals["exported_spans"] += owned.delivery.exported
-    totals["dropped_spans"] += owned.delivery.dropped
+    if not owned.delivery.exported and not owned.delivery.dropped:
+        return  # nothing was traced (a read command, say)
     path = _status_path(ledger_url)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"url": ledger_url, **totals}))
-        temporary.replace(path)
+        with _locked(path.with_suffix(".lock")):
+            totals = delivery_totals(ledger_url)
+            totals["exported_spans"] += owned.delivery.exported
+            totals["dropped_spans"] += owned.delivery.dropped
+            temporary = path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({"url": ledger_url, **totals}))
+            temporary.replace(path)
     except OSError as error:
         logger.warning("dspy-ledger could not save span delivery counts: %s", error)
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (two processes closing add up, not lose)."""
+    with lock_path.open("a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: totals are best effort
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
