@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -166,3 +169,62 @@ def test_an_unreachable_endpoint_drops_spans_counts_them_and_loses_no_events(
     assert json.loads(shown.output)["dropped_spans"] == 10
     text = CliRunner().invoke(app, ["stats", "--db", sqlite_url])
     assert "10 spans dropped" in text.output
+
+
+GLOBAL_PROVIDER_SCRIPT = """
+import json, sys, time
+import dspy
+from dspy.utils.dummies import DummyLM
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import dspy_ledger
+
+set_later = sys.argv[2] == "after-open"
+if set_later:
+    ledger = dspy_ledger.open(sys.argv[1])
+    with dspy.context(lm=DummyLM([{"answer": "a"}])), ledger.instrument():
+        dspy.Predict("question -> answer")(question="before any provider")
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+if set_later:
+    time.sleep(1.1)  # the global provider is looked up at most once a second
+else:
+    ledger = dspy_ledger.open(sys.argv[1], otel=True)
+assert ledger._owned_tracing is None  # no second exporter beside the application's
+ledger.instrument()
+with dspy.context(lm=DummyLM([{"answer": "a"}])):
+    dspy.Predict("question -> answer")(question="q")
+started = [e for e in ledger.events() if e.type == "PredictionStarted"][-1]
+ledger.close()
+spans = exporter.get_finished_spans()
+print(json.dumps({
+    "spans": sorted(s.name for s in spans),
+    "trace_ids": sorted({format(s.context.trace_id, "032x") for s in spans}),
+    "event_trace_id": started.trace_id,
+}))
+"""
+
+
+@pytest.mark.parametrize("when", ["before-open", "after-open"])
+def test_the_applications_global_tracer_provider_is_used(sqlite_url: str, when: str) -> None:
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER_SCRIPT, sqlite_url, when],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).parents[1]),
+            **(endpoint if when == "before-open" else {}),
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["spans"] == ["chat dummy", "predict Predict"]
+    assert seen["trace_ids"] == [seen["event_trace_id"]]
