@@ -221,8 +221,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         lm_capture.current_slot.set(active_slot)
         node.detail["slot"] = active_slot
         own = active.prediction if active.standalone else None  # the LM call is the prediction
-        provenance = own.provenance if own is not None else None
-        self.telemetry.lm_started(call_id, ACTIVE_CALL_ID.get(), instance, inputs, provenance)
+        self.telemetry.lm_started(call_id, ACTIVE_CALL_ID.get(), instance, inputs, own)
 
     def on_lm_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
@@ -239,7 +238,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             node.error = type(exception).__name__
         program = draft.program_name
         lm_trace_id, lm_span_id = self.telemetry.lm_ended(
-            call_id, node.name, program, slot.get("entry"), exception
+            call_id, node.name, program, slot.get("entry"), exception, prediction=active.standalone
         )
 
         def capture() -> None:

@@ -167,18 +167,31 @@ class Telemetry:
         parent_call_id: str | None,
         lm: Any,
         inputs: dict[str, Any],
-        provenance: Provenance | None,
+        prediction: PredictionDraft | None,
     ) -> None:
-        """Open an LM call span with the GenAI request attributes."""
+        """Open an LM call span with the GenAI request attributes.
+
+        ``prediction`` is given when the LM was called outside any module: the call is
+        then a prediction of its own, and its span leads to that stream.
+        """
         tracer = self.tracer()
         if tracer is None:
             return
         attributes = genai_attributes.request(lm, inputs, self.settings.capture_content)
         attributes[KIND] = "lm"
         attributes["dspy_ledger.call_id"] = call_id
+        if prediction is not None:
+            attributes[STREAM_ID] = str(prediction.prediction_id)
+            attributes[STREAM_TYPE] = "Prediction"
         name = f"{attributes['gen_ai.operation.name']} {attributes['gen_ai.request.model']}"
         self._start(
-            tracer, call_id, parent_call_id, name, attributes, provenance=provenance, client=True
+            tracer,
+            call_id,
+            parent_call_id,
+            name,
+            attributes,
+            provenance=prediction.provenance if prediction is not None else None,
+            client=True,
         )
 
     @_never_raises((None, None))
@@ -189,8 +202,15 @@ class Telemetry:
         program: str,
         entry: dict[str, Any] | None,
         error: BaseException | None,
+        *,
+        prediction: bool = False,
     ) -> tuple[str | None, str | None]:
-        """Close an LM span with usage and response model; return its (trace, span) ids."""
+        """Close an LM span with usage and response model; return its (trace, span) ids.
+
+        ``prediction``: the call was a prediction of its own (made outside any module).
+        """
+        if prediction:
+            self.metrics.prediction(program, error is None)
         opened = self._open.get(call_id)
         if opened is None and not self.metrics.enabled():
             return None, None

@@ -100,9 +100,17 @@ def first(events: list[RecordedEvent], event_type: str) -> RecordedEvent:
     return next(e for e in events if e.type == event_type)
 
 
+@pytest.fixture
+def traced_on_each_backend(ledger_url: str) -> Iterator[Traced]:
+    opened = open_traced(ledger_url)
+    yield opened
+    opened.ledger.close()
+
+
 def test_a_predict_is_a_root_span_with_an_lm_span_and_events_point_at_them(
-    traced: Traced,
+    traced_on_each_backend: Traced,
 ) -> None:
+    traced = traced_on_each_backend
     with dspy.context(lm=answers(1, answer="Paris")):
         dspy.Predict("question -> answer")(question="Capital of France?")
 
@@ -129,6 +137,22 @@ def test_a_predict_is_a_root_span_with_an_lm_span_and_events_point_at_them(
         assert not {"gen_ai.input.messages", "gen_ai.output.messages"} & set(span.attributes)
         assert not {"dspy_ledger.inputs", "dspy_ledger.outputs"} & set(span.attributes)
         assert "Capital of France" not in str(dict(span.attributes))
+
+
+def test_an_lm_called_outside_any_module_is_a_prediction_span_of_its_own(
+    traced: Traced,
+) -> None:
+    answers(1, answer="a")("hello")
+
+    (call,) = traced.spans()
+    assert call.name == "chat dummy" and call.parent is None
+    (started,) = [e for e in events_of(traced.ledger) if e.type == "PredictionStarted"]
+    assert call.attributes is not None
+    assert call.attributes["dspy_ledger.stream_id"] == started.stream_id
+    assert (started.trace_id, started.span_id) == hex_ids(call)
+    assert traced.metric("dspy_ledger.predictions") == [
+        ({"dspy_ledger.program": "lm:dummy", "dspy_ledger.status": "ok"}, 1)
+    ]
 
 
 def test_chain_of_thought_nests_its_predict_and_lm_spans(traced: Traced) -> None:
