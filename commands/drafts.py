@@ -90,6 +90,8 @@ class ModelCallDraft:
     error: BaseException | None
     outputs: Any
     secrets: frozenset[str]
+    trace_id: str | None = None
+    span_id: str | None = None
 
 
 @dataclass

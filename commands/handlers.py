@@ -136,8 +136,10 @@ class DraftHandler:
             **who,
         )
         for call in draft.model_calls:
+            # A traced LM call's event points at the LM call's own span.
+            call_who = who if call.span_id is None else {**who, "span_id": call.span_id}
             prediction.record_model_execution(
-                occurred_at=call.occurred_at, **self._model_call(call), **who
+                occurred_at=call.occurred_at, **self._model_call(call), **call_who
             )
         tree = draft.root.to_tree()
         if draft.error is not None:

@@ -39,6 +39,7 @@ from commands.drafts import (
 from commands.payloads import to_json
 from commands.program_state import dataset_of, inputs_digest, version_of
 from commands.secrets import secret_values, split_secrets
+from commands.telemetry import Telemetry
 from commands.tracing import current_trace_ids
 
 logger = logging.getLogger("dspy_ledger")
@@ -65,8 +66,11 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
     Finished drafts go to ``sink`` (a writer), which turns them into events.
     """
 
-    def __init__(self, sink: Sink, *, default_actor: str) -> None:
+    def __init__(
+        self, sink: Sink, *, default_actor: str, telemetry: Telemetry | None = None
+    ) -> None:
         self._sink = sink
+        self.telemetry = telemetry or Telemetry()
         self._default_actor = default_actor
         self._active: dict[str, _Active] = {}
         self._errors = 0
@@ -122,6 +126,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             if parent.node is not None:
                 parent.node.children.append(node)
             self._active[call_id] = _Active(node, parent.prediction, parent.actor, parent.context)
+            self.telemetry.call_started(call_id, ACTIVE_CALL_ID.get(), "module", node.name)
             return
         actor, context = self._who(parent)
         kwargs = inputs.get("kwargs", inputs)
@@ -145,6 +150,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             context,
             evaluation=parent.evaluation if parent else None,
         )
+        self.telemetry.prediction_started(call_id, ACTIVE_CALL_ID.get(), draft, call_inputs)
 
     def on_module_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
@@ -158,6 +164,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         if exception is not None:
             node.error = type(exception).__name__
         if draft.root is not node:
+            self.telemetry.call_ended(call_id, exception)
             return
 
         def finish() -> None:
@@ -172,6 +179,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
                 )
 
         self._guard("a prediction", finish)
+        self.telemetry.prediction_ended(call_id, draft.program_name, exception, outputs)
         self._submit(draft)
 
     # -- language models -------------------------------------------------------------
@@ -212,6 +220,8 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         self._active[call_id] = active
         lm_capture.current_slot.set(active_slot)
         node.detail["slot"] = active_slot
+        own = active.prediction if active.standalone else None  # the LM call is the prediction
+        self.telemetry.lm_started(call_id, ACTIVE_CALL_ID.get(), instance, inputs, own)
 
     def on_lm_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
@@ -226,6 +236,10 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         node.latency_ms = (time.perf_counter() - node.started) * 1000
         if exception is not None:
             node.error = type(exception).__name__
+        program = draft.program_name
+        lm_trace_id, lm_span_id = self.telemetry.lm_ended(
+            call_id, node.name, program, slot.get("entry"), exception, prediction=active.standalone
+        )
 
         def capture() -> None:
             lm = slot.get("lm")
@@ -252,6 +266,8 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
                     error=exception,
                     outputs=outputs,
                     secrets=secrets,
+                    trace_id=lm_trace_id,
+                    span_id=lm_span_id,
                 )
             )
 
@@ -278,6 +294,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             if parent.node is not None:
                 parent.node.children.append(node)
             self._active[call_id] = _Active(node, parent.prediction, parent.actor, parent.context)
+            self.telemetry.call_started(call_id, ACTIVE_CALL_ID.get(), "tool", name)
 
         self._guard("a tool call", start)
 
@@ -290,6 +307,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             return
         node = active.node
         node.latency_ms = (time.perf_counter() - node.started) * 1000
+        self.telemetry.call_ended(call_id, exception)
 
         def end() -> None:
             if exception is not None:
@@ -323,6 +341,15 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         self._active[call_id] = _Active(
             None, None, actor, f"evaluation:{draft.evaluation_id}", evaluation=draft
         )
+        name = f"evaluate {type(program).__qualname__}"
+        self.telemetry.run_started(
+            call_id,
+            ACTIVE_CALL_ID.get(),
+            kind="Evaluation",
+            name=name,
+            stream_id=draft.evaluation_id,
+            provenance=draft.provenance,
+        )
 
     def on_evaluate_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
@@ -332,6 +359,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         if active is None or active.evaluation is None:
             return
         draft = active.evaluation
+        self.telemetry.call_ended(call_id, exception)
         draft.latency_ms = (time.perf_counter() - draft.started) * 1000
         draft.finished_at = datetime.now(UTC)
         draft.result = outputs
@@ -367,6 +395,15 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         self._active[call_id] = _Active(
             None, None, actor, f"optimization:{draft.run_id}", optimization=draft
         )
+        name = f"compile {draft.optimizer}"
+        self.telemetry.run_started(
+            call_id,
+            ACTIVE_CALL_ID.get(),
+            kind="OptimizationRun",
+            name=name,
+            stream_id=draft.run_id,
+            provenance=draft.provenance,
+        )
 
     def on_compile_end(
         self, call_id: str, outputs: Any | None, exception: Exception | None = None
@@ -376,6 +413,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         if active is None or active.optimization is None:
             return
         draft = active.optimization
+        self.telemetry.call_ended(call_id, exception)
 
         def finish() -> None:
             draft.latency_ms = (time.perf_counter() - draft.started) * 1000

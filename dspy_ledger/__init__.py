@@ -4,6 +4,9 @@
 >>> ledger = dspy_ledger.open()      # sqlite:///.dspy-ledger/ledger.db, or DSPY_LEDGER_URL
 >>> ledger.instrument()              # every DSPy call from here on is recorded
 >>> ledger.close()                   # commits what is queued (also runs at exit)
+
+``open(..., otel=True)`` also sends every prediction, LM call and run as OpenTelemetry
+spans to an OTLP backend (see ``dspy_ledger.telemetry`` and docs/opentelemetry.md).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import getpass
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -21,6 +22,7 @@ from commands.handlers import DraftHandler
 from commands.payloads import DEFAULT_MAX_STRING_BYTES
 from commands.recorder import LedgerRecorder
 from commands.writer import AsyncWriter, SyncWriter
+from dspy_ledger import telemetry
 from dspy_ledger.integrity import IntegrityMixin
 from ledger.application import LedgerApplication
 from ledger.domain import Prediction
@@ -44,6 +46,10 @@ class LedgerStats(BaseModel):
     streams_by_type: dict[str, int]
     recording_errors: int
     pending_writes: int
+    # Spans that never reached the OTLP backend (unreachable endpoint, full queue):
+    # this process's, plus those of earlier processes on this machine.
+    dropped_spans: int = 0
+    exported_spans: int = 0
 
 
 class Instrumentation(AbstractContextManager["Instrumentation"]):
@@ -73,6 +79,7 @@ class Ledger(IntegrityMixin):
         durability: Durability = "sync",
         max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
         create: bool = True,
+        otel: bool | telemetry.TelemetrySettings | None = None,
     ) -> None:
         if durability not in ("sync", "async"):
             msg = f"durability must be 'sync' or 'async', not {durability!r}."
@@ -85,7 +92,11 @@ class Ledger(IntegrityMixin):
         self._writer: SyncWriter | AsyncWriter = (
             SyncWriter(self._handler) if durability == "sync" else AsyncWriter(self._handler)
         )
-        self._recorder = LedgerRecorder(self._submit, default_actor=self.actor)
+        self._telemetry, self._owned_tracing = telemetry.configure(otel)
+        self._recorder = LedgerRecorder(
+            self._submit, default_actor=self.actor, telemetry=self._telemetry
+        )
+        self._telemetry.metrics.observe_failures(lambda: self.recording_errors)
         self._instrumented = False
         self._closed = False
         self._lock = threading.Lock()
@@ -99,8 +110,12 @@ class Ledger(IntegrityMixin):
         return self.store.masked
 
     def _submit(self, draft: object) -> None:
+        started = time.perf_counter()
         try:
             self._writer.submit(draft)
+            if self._telemetry.metrics.enabled():
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                self._telemetry.metrics.recorded(elapsed_ms, self._writer.pending)
         except RecordingError as error:
             # DSPy swallows callback errors: park it for the top-level call to raise.
             strict.parked_error.set(error)
@@ -160,7 +175,11 @@ class Ledger(IntegrityMixin):
     @property
     def recording_errors(self) -> int:
         """How many recording failures this process has seen (the program carried on)."""
-        return self._recorder.recording_errors + self._writer.stats.unbuildable
+        return (
+            self._recorder.recording_errors
+            + self._writer.stats.unbuildable
+            + self._telemetry.errors
+        )
 
     @property
     def pending_writes(self) -> int:
@@ -185,6 +204,9 @@ class Ledger(IntegrityMixin):
             self._writer.close(timeout)
         finally:
             self.app.close()
+            if self._owned_tracing is not None:
+                self._owned_tracing.close()
+                telemetry.save_delivery(self.url, self._owned_tracing)
 
     def _close_at_exit(self) -> None:
         try:
@@ -241,7 +263,16 @@ class Ledger(IntegrityMixin):
             streams_by_type=dict(streams.most_common()),
             recording_errors=self.recording_errors,
             pending_writes=self.pending_writes,
+            **self.span_delivery(),
         )
+
+    def span_delivery(self) -> dict[str, int]:
+        """Spans exported to and dropped on the way to the OTLP backend the ledger set up."""
+        totals = telemetry.delivery_totals(self.url)
+        if self._owned_tracing is not None and not self._closed:
+            totals["exported_spans"] += self._owned_tracing.delivery.exported
+            totals["dropped_spans"] += self._owned_tracing.delivery.dropped
+        return totals
 
 
 def _set_callbacks(callbacks: list[Any]) -> None:

@@ -87,6 +87,11 @@ def stats(db: DbOption = None, as_json: JsonOption = False) -> None:
     console.print(
         f"Ledger {result.url}: {result.events} events, last position {result.last_position}"
     )
+    if result.dropped_spans or result.exported_spans:
+        console.print(
+            f"OpenTelemetry: {result.exported_spans} spans exported, "
+            f"{result.dropped_spans} spans dropped (endpoint unreachable or queue full)"
+        )
     table = Table("stream type", "streams", "events")
     for stream_type, count in result.by_stream_type.items():
         table.add_row(stream_type, str(result.streams_by_type.get(stream_type, 0)), str(count))
