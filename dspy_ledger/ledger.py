@@ -22,6 +22,7 @@ from commands.payloads import DEFAULT_MAX_STRING_BYTES
 from commands.recorder import LedgerRecorder
 from commands.writer import AsyncWriter, SyncWriter
 from dspy_ledger.integrity import IntegrityMixin
+from dspy_ledger.privacy import MasterKeyInput, PrivacyMixin, Redactors
 from ledger.application import LedgerApplication
 from ledger.domain import Prediction
 from ledger.errors import InvalidInputError, RecordingError, StreamNotFoundError
@@ -62,7 +63,7 @@ class Instrumentation(AbstractContextManager["Instrumentation"]):
         self._ledger.flush()
 
 
-class Ledger(IntegrityMixin):
+class Ledger(IntegrityMixin, PrivacyMixin):
     """An open ledger. Create one with :func:`dspy_ledger.open`."""
 
     def __init__(
@@ -73,6 +74,8 @@ class Ledger(IntegrityMixin):
         durability: Durability = "sync",
         max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
         create: bool = True,
+        master_key: MasterKeyInput | None = None,
+        redactors: Redactors | None = None,
     ) -> None:
         if durability not in ("sync", "async"):
             msg = f"durability must be 'sync' or 'async', not {durability!r}."
@@ -82,6 +85,7 @@ class Ledger(IntegrityMixin):
         self.durability: Durability = durability
         self.app = LedgerApplication(self.store, create=create)
         self._handler = DraftHandler(self.app, max_string_bytes=max_string_bytes)
+        self._setup_privacy(master_key, redactors)
         self._writer: SyncWriter | AsyncWriter = (
             SyncWriter(self._handler) if durability == "sync" else AsyncWriter(self._handler)
         )

@@ -11,11 +11,13 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, EventSourcingError
 from eventsourcing.persistence import (
     IntegrityError,
+    Mapper,
     Notification,
     PersistenceError,
 )
 
 from ledger.errors import LedgerNotFoundError, RecordingError, StoreUnavailableError
+from ledger.privacy import PrivacyMapper, SubjectKeys, load_master_key
 from ledger.storage import StoreURL
 
 
@@ -55,6 +57,14 @@ class LedgerApplication(Application[UUID]):
             super().__init__(env)
         except (EventSourcingError, OSError, Exception) as error:
             raise store_error(store, error) from error
+        # Subject keys live beside the events; the mapper encrypts personal fields with them.
+        self.subject_keys = SubjectKeys(self.factory.datastore, load_master_key())  # type: ignore[attr-defined]
+        assert isinstance(self.mapper, PrivacyMapper)
+        self.mapper.keys = self.subject_keys
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        """The library's mapper, extended to encrypt personal data per data subject."""
+        return PrivacyMapper(transcoder=self.construct_transcoder())
 
     def save_aggregates(self, *aggregates: Aggregate) -> int | None:
         """Commit the pending events of the given aggregates in one transaction.
