@@ -68,8 +68,14 @@ def acting_for(subject: str) -> Iterator[None]:
     if not isinstance(subject, str) or not subject.strip():
         msg = "A data subject must be a non-empty id, such as 'customer-123'."
         raise ValueError(msg)
-    token = _subject.set(subject)
+    with _setting(_subject, subject):
+        yield
+
+
+@contextmanager
+def _setting(variable: ContextVar[str | None], value: str) -> Iterator[None]:
+    token = variable.set(value)
     try:
         yield
     finally:
-        _subject.reset(token)
+        variable.reset(token)

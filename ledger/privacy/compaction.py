@@ -51,16 +51,10 @@ def _compact_sqlite(path: str, masked: str) -> None:
 def _compact_postgres(store: StoreURL, tables: Sequence[str]) -> None:
     import psycopg
 
+    from ledger.application import postgres_connection
+
     try:
-        with psycopg.connect(
-            host=store.host,
-            port=store.port or 5432,
-            user=store.user,
-            password=store.password,
-            dbname=store.dbname,
-            connect_timeout=5,
-            autocommit=True,
-        ) as connection:
+        with postgres_connection(store) as connection:
             for table in tables:
                 # Table names come from the ledger's own code, never from user input.
                 connection.execute(f"VACUUM FULL {table}")

@@ -241,7 +241,9 @@ class SubjectKeys:
         """Destroy every live key of the subject; return how many were destroyed."""
         with self._cursor(commit=True) as c:
             live = self._rows(
-                c, "SELECT key_id FROM {keys} WHERE subject = ? AND destroyed_at IS NULL", (subject,)
+                c,
+                "SELECT key_id FROM {keys} WHERE subject = ? AND destroyed_at IS NULL",
+                (subject,),
             )
             c.execute(
                 self._sql(
