@@ -8,6 +8,10 @@ the SQLite file (after ``forget`` compacts it) and PostgreSQL's heap pages (thro
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +22,15 @@ import pytest
 from dspy.utils.dummies import DummyLM
 
 import dspy_ledger
+from commands.redaction import CARD, luhn_valid
 from dspy_ledger import Ledger
 from dspy_ledger.views import update_views
+from ledger.errors import (
+    InvalidInputError,
+    MasterKeyError,
+    SubjectAlreadyForgottenError,
+    UnknownSubjectError,
+)
 from ledger.integrity.checkpoint import parse_checkpoint
 from ledger.privacy import ERASED, generate_master_key
 from ledger.storage import parse_url
@@ -216,3 +227,253 @@ def postgres_pages(schema: str) -> bytes:
                 page = connection.execute("SELECT get_raw_page(%s, %s)", (name, block)).fetchone()
                 out.append(bytes(page[0]) if page else b"")
     return b"".join(out)
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, dspy
+    from dspy.utils.dummies import DummyLM
+    import dspy_ledger
+    url, subject, question = sys.argv[1:4]
+    with dspy_ledger.open(url, actor="worker") as ledger:
+        ledger.instrument()
+        with dspy.context(lm=DummyLM([{"answer": "ok"}])), ledger.acting_for(subject):
+            for _ in range(3):
+                dspy.Predict("question -> answer")(question=question)
+    """
+)
+
+
+def run_python(code: str, *args: str, master_key: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DSPY_LEDGER_MASTER_KEY": master_key}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_processes_sharing_postgres_share_one_key_per_subject(
+    postgres_url: str, master_key: str
+) -> None:
+    writers = [
+        run_python(WRITER, postgres_url, "shared-subject", f"q{n}", master_key=master_key)
+        for n in range(3)
+    ]
+    for writer in writers:
+        _, err = writer.communicate(timeout=120)
+        assert writer.returncode == 0, err
+    with dspy_ledger.open(postgres_url, master_key=master_key) as ledger:
+        status = ledger.subject_status("shared-subject")
+        assert status.live_keys == 1 and len(status.streams) == 9
+        questions = [d["inputs"]["question"] for d in only(events_of(ledger), "PredictionStarted")]
+        assert sorted(questions) == sorted(f"q{n}" for n in range(3) for _ in range(3))
+        ledger.forget("shared-subject", reason="erasure request")
+    reader = subprocess.run(
+        [sys.executable, "-m", "dspy_ledger.cli", "export", "--db", postgres_url],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DSPY_LEDGER_MASTER_KEY": master_key},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert reader.returncode == 0, reader.stderr
+    assert '"question":"q' not in reader.stdout
+    assert reader.stdout.count('"inputs":"[erased]"') == 9
+
+
+def cli(*args: str, master_key: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSPY_LEDGER_MASTER")}
+    if master_key is not None:
+        env["DSPY_LEDGER_MASTER_KEY"] = master_key
+    return subprocess.run(
+        [sys.executable, "-m", "dspy_ledger.cli", *args],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def one_sentence(done: subprocess.CompletedProcess[str]) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return lines[0]
+
+
+def test_bad_input_is_one_sentence_and_changes_nothing(sqlite_url: str, master_key: str) -> None:
+    with dspy_ledger.open(sqlite_url, actor="tester", master_key=master_key) as ledger:
+        ledger.instrument()
+        ask(ledger, "subject-123")
+        keys = ledger.app.subject_keys
+        with keys.datastore.transaction(commit=False) as cursor:
+            cursor.execute(f"SELECT * FROM {keys.table_names[0]}")
+            key_rows = [tuple(row) for row in cursor.fetchall()]
+        events_before = len(events_of(ledger))
+    wrong = generate_master_key()
+
+    with pytest.raises(MasterKeyError, match="not the one"):
+        dspy_ledger.open(sqlite_url, master_key=wrong)
+    done = cli("export", "--db", sqlite_url, master_key=wrong)
+    assert done.returncode == 4 and "not the one" in one_sentence(done)
+    done = cli("export", "--db", sqlite_url, master_key=None)
+    assert done.returncode == 4 and "master key" in one_sentence(done)
+    done = cli("forget", "nobody", "--reason", "x", "--db", sqlite_url, master_key=master_key)
+    assert done.returncode == 2 and "No data subject 'nobody'" in one_sentence(done)
+    done = cli("forget", "subject-123", "--db", sqlite_url, master_key=master_key)
+    assert done.returncode == 2 and "reason" in one_sentence(done)
+
+    with dspy_ledger.open(sqlite_url, master_key=master_key) as ledger:
+        # The wrong keys changed nothing: same key rows, same events, still readable.
+        keys = ledger.app.subject_keys
+        with keys.datastore.transaction(commit=False) as cursor:
+            cursor.execute(f"SELECT * FROM {keys.table_names[0]}")
+            assert [tuple(row) for row in cursor.fetchall()] == key_rows
+        assert len(events_of(ledger)) == events_before
+        assert only(events_of(ledger), "PredictionStarted")[0]["inputs"]["question"] == QUESTION
+        with pytest.raises(InvalidInputError):
+            ledger.forget(" ", reason="x")
+
+    done = cli("forget", "subject-123", "--reason", "request", "--db", sqlite_url, master_key=None)
+    assert done.returncode == 0, done.stderr  # destroying a key needs no master key
+    done = cli("forget", "subject-123", "--reason", "again", "--db", sqlite_url, master_key=None)
+    assert done.returncode == 2 and "already forgotten" in one_sentence(done)
+    with dspy_ledger.open(sqlite_url, master_key=master_key) as ledger:
+        with pytest.raises(SubjectAlreadyForgottenError):
+            ledger.forget("subject-123", reason="again")
+        with pytest.raises(UnknownSubjectError):
+            ledger.forget("Subject-123", reason="ids are case-sensitive")
+
+
+def test_recording_for_a_subject_needs_a_master_key(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DSPY_LEDGER_MASTER_KEY", raising=False)
+    monkeypatch.delenv("DSPY_LEDGER_MASTER_KEY_FILE", raising=False)
+    with dspy_ledger.open(sqlite_url) as ledger, pytest.raises(MasterKeyError, match="master"):
+        ledger.acting_for("subject-123")
+    with pytest.raises(MasterKeyError, match="32 bytes"):
+        dspy_ledger.open(sqlite_url, master_key="too short")
+
+
+def test_a_forgotten_subject_recorded_again_gets_a_fresh_key(
+    ledger: Ledger, master_key: str
+) -> None:
+    first = ask(ledger, "subject-123")
+    ledger.forget("subject-123", reason="first request", compact=False)
+    second = ask(ledger, "subject-123")
+    started = {e.stream_id: e.data for e in events_of(ledger) if e.type == "PredictionStarted"}
+    assert started[first]["inputs"] == ERASED
+    assert started[second]["inputs"] == {"question": QUESTION}
+    report = ledger.forget("subject-123", reason="second request", compact=False)
+    assert report.keys_destroyed == 1 and report.streams == sorted([first, second])
+    assert only(events_of(ledger), "PredictionStarted")[-1]["inputs"] == ERASED
+    assert ledger.subject_status("subject-123").destroyed_keys == 2
+
+
+def test_rotating_the_master_key_rewraps_every_subject_key(
+    sqlite_url: str, master_key: str, tmp_path: Path
+) -> None:
+    with dspy_ledger.open(sqlite_url, actor="tester", master_key=master_key) as ledger:
+        ledger.instrument()
+        ask(ledger, "subject-1")
+        ask(ledger, "subject-2")
+    new_key = generate_master_key()
+    (tmp_path / "new.key").write_text(new_key)
+    done = cli(
+        "keys",
+        "rotate",
+        "--new-key-file",
+        str(tmp_path / "new.key"),
+        "--db",
+        sqlite_url,
+        master_key=master_key,
+    )
+    assert done.returncode == 0 and "Rewrapped 2 subject key(s)" in done.stdout, done.stderr
+    with pytest.raises(MasterKeyError):
+        dspy_ledger.open(sqlite_url, master_key=master_key)
+    with dspy_ledger.open(sqlite_url, master_key=new_key) as ledger:
+        inputs = [d["inputs"] for d in only(events_of(ledger), "PredictionStarted")]
+        assert inputs == [{"question": QUESTION}] * 2
+
+
+def test_async_durability_encrypts_too(ledger_url: str, master_key: str) -> None:
+    with dspy_ledger.open(ledger_url, durability="async", master_key=master_key) as ledger:
+        ledger.instrument()
+        with dspy.context(lm=DummyLM([{"answer": ANSWER}] * 5)), ledger.acting_for("s-9"):
+            for _ in range(5):
+                dspy.Predict("question -> answer")(question=QUESTION)
+        ledger.flush()
+        assert b"Jane Roe" not in stored_states(ledger)
+        assert len(ledger.subject_status("s-9").streams) == 5
+
+
+def redacted_question(ledger: Ledger, question: str) -> dict[str, Any]:
+    """Record one prediction without a subject; return its PredictionStarted data."""
+    with dspy.context(lm=DummyLM([{"answer": "noted"}])):
+        dspy.Predict("question -> answer")(question=question)
+    return only(events_of(ledger), "PredictionStarted")[-1]
+
+
+def test_secrets_are_redacted_before_storage_whatever_the_configuration(
+    ledger_url: str,
+) -> None:
+    with dspy_ledger.open(ledger_url, redactors=[]) as ledger:
+        ledger.instrument()
+        started = redacted_question(
+            ledger,
+            "Reach jane@example.com; Authorization: Bearer abcDEF123456789xyz, sk-"
+            "proj0123456789abcdefABCDEF",
+        )
+        raw = stored_states(ledger)
+    question = started["inputs"]["question"]
+    assert "jane@example.com" in question  # personal-data redactors are off by default
+    assert "abcDEF123456789xyz" not in question and "proj0123456789" not in question
+    assert question.count("[secret removed]") == 2
+    assert started["payload_notes"] == {"$.inputs.question": "redacted: secrets"}
+    assert b"abcDEF123456789xyz" not in raw and b"proj0123456789" not in raw
+
+
+def test_chosen_redactors_rewrite_and_flag_personal_data(ledger_url: str) -> None:
+    def employee_ids(text: str) -> str:
+        return text.replace("EMP-0042", "[employee]")
+
+    with dspy_ledger.open(ledger_url, redactors=["email", "phone", "card", employee_ids]) as ledger:
+        ledger.instrument()
+        started = redacted_question(
+            ledger,
+            "I am EMP-0042, mail jane.roe@example.co.uk or call +44 20 7946 0958; "
+            "card 4111 1111 1111 1111, order 4111 1111 1111 1112, on 2024-01-15",
+        )
+        raw = stored_states(ledger)
+    assert started["inputs"]["question"] == (
+        "I am [employee], mail [email] or call [phone]; "
+        "card [card], order 4111 1111 1111 1112, on 2024-01-15"
+    )
+    assert started["payload_notes"]["$.inputs.question"] == (
+        "redacted: email, card, phone, employee_ids"
+    )
+    assert b"jane.roe@example.co.uk" not in raw and b"7946 0958" not in raw
+
+
+def test_an_unknown_redactor_is_a_clear_error(sqlite_url: str) -> None:
+    with pytest.raises(InvalidInputError, match="built-in redactors are card, email"):
+        dspy_ledger.open(sqlite_url, redactors=["emails"])
+
+
+@pytest.mark.parametrize(
+    ("number", "valid"),
+    [
+        ("4111 1111 1111 1111", True),
+        ("5500-0000-0000-0004", True),
+        ("378282246310005", True),
+        ("4111 1111 1111 1112", False),
+        ("1234567890", False),
+    ],
+)
+def test_card_numbers_must_pass_the_luhn_check(number: str, valid: bool) -> None:
+    assert luhn_valid(number) is valid
+    assert (CARD(f"pay with {number}") == "pay with [card]") is valid
