@@ -108,6 +108,9 @@ class PrivacyMixin:
             msg = "Give a reason for the erasure (for example 'GDPR art. 17 request')."
             raise InvalidInputError(msg)
         keys = self.app.subject_keys
+        # The views are caught up afterwards, which reads other subjects' events: check
+        # for the master key before anything changes.
+        keys.require_master()
         status = keys.status(subject)
         if status.live_keys == 0:
             if status.destroyed_keys:

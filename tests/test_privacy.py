@@ -8,6 +8,7 @@ the SQLite file (after ``forget`` compacts it) and PostgreSQL's heap pages (thro
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -337,9 +338,12 @@ def test_bad_input_is_one_sentence_and_changes_nothing(sqlite_url: str, master_k
         with pytest.raises(InvalidInputError):
             ledger.forget(" ", reason="x")
 
-    done = cli("forget", "subject-123", "--reason", "request", "--db", sqlite_url, master_key=None)
-    assert done.returncode == 0, done.stderr  # destroying a key needs no master key
-    done = cli("forget", "subject-123", "--reason", "again", "--db", sqlite_url, master_key=None)
+    forget = ("forget", "subject-123", "--db", sqlite_url, "--reason")
+    done = cli(*forget, "request", master_key=None)
+    assert done.returncode == 4 and "master key" in one_sentence(done)
+    done = cli(*forget, "request", "--json", master_key=master_key)
+    assert done.returncode == 0 and json.loads(done.stdout)["keys_destroyed"] == 1, done.stderr
+    done = cli(*forget, "again", master_key=master_key)
     assert done.returncode == 2 and "already forgotten" in one_sentence(done)
     with dspy_ledger.open(sqlite_url, master_key=master_key) as ledger:
         with pytest.raises(SubjectAlreadyForgottenError):
