@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import dspy
 import psycopg
@@ -29,6 +31,7 @@ from dspy_ledger.views import update_views
 from ledger.errors import (
     InvalidInputError,
     MasterKeyError,
+    PrivacyError,
     SubjectAlreadyForgottenError,
     UnknownSubjectError,
 )
@@ -481,3 +484,27 @@ def test_an_unknown_redactor_is_a_clear_error(sqlite_url: str) -> None:
 def test_card_numbers_must_pass_the_luhn_check(number: str, valid: bool) -> None:
     assert luhn_valid(number) is valid
     assert (CARD(f"pay with {number}") == "pay with [card]") is valid
+
+
+def test_a_sealed_blob_moved_to_another_event_does_not_decrypt(
+    sqlite_url: str, master_key: str
+) -> None:
+    with dspy_ledger.open(sqlite_url, actor="tester", master_key=master_key) as ledger:
+        ledger.instrument()
+        first = ask(ledger, "subject-123")
+        ask(ledger, "subject-123", question="Another question about Jane Roe")
+        ledger.checkpoint()
+    path = str(parse_url(sqlite_url).sqlite_path)
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        # Give the first prediction's start event the second one's sealed inputs.
+        connection.execute(
+            "UPDATE stored_events SET state = (SELECT state FROM stored_events "
+            "WHERE originator_id != ? AND originator_version = 1 AND topic LIKE '%Started' "
+            "ORDER BY rowid DESC LIMIT 1) WHERE originator_id = ? AND originator_version = 1",
+            (UUID(first).hex, UUID(first).hex),
+        )
+        assert connection.total_changes == 1
+    with dspy_ledger.open(sqlite_url, master_key=master_key) as ledger:
+        with pytest.raises(PrivacyError, match="altered"):
+            ledger.stream(first)
+        assert not ledger.verify().ok

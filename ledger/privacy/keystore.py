@@ -76,10 +76,11 @@ class SubjectKeys:
     # -- tables ----------------------------------------------------------------------
 
     def _table_names(self) -> dict[str, str]:
+        names = {"keys": "privacy_keys", "streams": "privacy_subject_streams"}
         if isinstance(self.datastore, PostgresDatastore):
             schema = self.datastore.schema
-            return {n: f'"{schema}"."dspyledger_privacy_{n}"' for n in _TABLES}
-        return {n: f"privacy_{n}" for n in _TABLES}
+            return {k: f'"{schema}"."dspyledger_{n}"' for k, n in names.items()}
+        return names
 
     @property
     def table_names(self) -> list[str]:
