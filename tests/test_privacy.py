@@ -36,7 +36,7 @@ from ledger.errors import (
     UnknownSubjectError,
 )
 from ledger.integrity.checkpoint import parse_checkpoint
-from ledger.privacy import ERASED, generate_master_key
+from ledger.privacy import ERASED, generate_master_key, is_erased
 from ledger.storage import parse_url
 from projections.runner import open_view
 from tests.conftest import POSTGRES_URL
@@ -124,6 +124,8 @@ def test_forgetting_erases_every_read_but_keeps_facts_views_and_the_merkle_log(
         "FeedbackRecorded",
     ]
     assert all(e.data["erased"] is True for e in mine)
+    assert all(is_erased(e) for e in ledger.app.stream_events(UUID(forgotten)))  # for replay
+    assert not any(is_erased(e) for e in ledger.app.stream_events(UUID(kept)))
     assert mine[0].data["inputs"] == ERASED
     assert mine[1].data["messages"] == ERASED == mine[1].data["outputs"]
     assert mine[2].data["outputs"] == ERASED and mine[3].data["label"] == ERASED
@@ -341,6 +343,8 @@ def test_bad_input_is_one_sentence_and_changes_nothing(sqlite_url: str, master_k
         with pytest.raises(InvalidInputError):
             ledger.forget(" ", reason="x")
 
+    done = cli("subject", "subject-123", "--json", "--db", sqlite_url, master_key=None)
+    assert json.loads(done.stdout)["live_keys"] == 1, done.stderr
     forget = ("forget", "subject-123", "--db", sqlite_url, "--reason")
     done = cli(*forget, "request", master_key=None)
     assert done.returncode == 4 and "master key" in one_sentence(done)
