@@ -360,7 +360,7 @@ def test_bad_input_is_one_sentence_and_changes_nothing(sqlite_url: str, master_k
 
 
 def test_recording_for_a_subject_needs_a_master_key(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("DSPY_LEDGER_MASTER_KEY", raising=False)
     monkeypatch.delenv("DSPY_LEDGER_MASTER_KEY_FILE", raising=False)
@@ -368,6 +368,16 @@ def test_recording_for_a_subject_needs_a_master_key(
         ledger.acting_for("subject-123")
     with pytest.raises(MasterKeyError, match="32 bytes"):
         dspy_ledger.open(sqlite_url, master_key="too short")
+    key_file = tmp_path / "master.key"
+    key_file.write_text(generate_master_key() + "\n")
+    monkeypatch.setenv("DSPY_LEDGER_MASTER_KEY_FILE", str(key_file))
+    with dspy_ledger.open(sqlite_url) as ledger:
+        ledger.instrument()
+        ask(ledger, "subject-123")
+        assert only(events_of(ledger), "PredictionStarted")[0]["inputs"]["question"] == QUESTION
+    monkeypatch.setenv("DSPY_LEDGER_MASTER_KEY_FILE", str(tmp_path / "missing.key"))
+    with pytest.raises(MasterKeyError, match="Cannot read the master key file"):
+        dspy_ledger.open(sqlite_url)
 
 
 def test_a_forgotten_subject_recorded_again_gets_a_fresh_key(
