@@ -264,6 +264,9 @@ def run_python(code: str, *args: str, master_key: str) -> subprocess.Popen[str]:
 def test_processes_sharing_postgres_share_one_key_per_subject(
     postgres_url: str, master_key: str
 ) -> None:
+    # The ledger's tables exist first: concurrent CREATE TABLE on a new schema is not
+    # what this test is about.
+    dspy_ledger.open(postgres_url, master_key=master_key).close()
     writers = [
         run_python(WRITER, postgres_url, "shared-subject", f"q{n}", master_key=master_key)
         for n in range(3)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from eventsourcing.persistence import IntegrityError
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
@@ -104,6 +105,15 @@ class SubjectKeys:
     def _ensure_tables(self) -> None:
         if self._created:
             return
+        try:
+            self._create_tables()
+        except IntegrityError:
+            # PostgreSQL: another process created the tables at the same moment
+            # (CREATE TABLE IF NOT EXISTS races on the catalogue); they exist now.
+            self._create_tables()
+        self._created = True
+
+    def _create_tables(self) -> None:
         blob = "bytea" if self._postgres else "BLOB"
         with self.datastore.transaction(commit=True) as cursor:
             for name, columns in _TABLES.items():
@@ -117,7 +127,6 @@ class SubjectKeys:
                     "WHERE destroyed_at IS NULL"
                 )
             )
-        self._created = True
 
     # -- master key ------------------------------------------------------------------
 
