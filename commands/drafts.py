@@ -43,6 +43,7 @@ class Provenance:
     started_at: datetime
     trace_id: str | None = None
     span_id: str | None = None
+    subject: str | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from commands.drafts import (
 )
 from commands.payloads import PayloadConverter
 from commands.program_state import example_inputs, inputs_digest
+from commands.redaction import ALWAYS_ON
 from ledger.application import LedgerApplication
 from ledger.domain import Dataset, Evaluation, OptimizationRun, Prediction, ProgramVersion
 
@@ -47,6 +48,8 @@ class DraftHandler:
     def __init__(self, app: LedgerApplication, *, max_string_bytes: int) -> None:
         self.app = app
         self.max_string_bytes = max_string_bytes
+        #: Run over every stored string (commands.redaction); secrets are always removed.
+        self.redactors = ALWAYS_ON
         self._known: set[UUID] = set()
 
     def forget_known(self, ids: Iterable[UUID]) -> None:
@@ -80,7 +83,9 @@ class DraftHandler:
         raise TypeError(msg)
 
     def _converter(self, secrets: frozenset[str] = frozenset()) -> PayloadConverter:
-        return PayloadConverter(max_string_bytes=self.max_string_bytes, secrets=secrets)
+        return PayloadConverter(
+            max_string_bytes=self.max_string_bytes, secrets=secrets, redactors=self.redactors
+        )
 
     def _version(
         self, version: VersionDraft | None, provenance: Provenance, batch_ids: set[UUID]
@@ -133,6 +138,7 @@ class DraftHandler:
             context=draft.context,
             payload_notes=dict(converter.notes),
             occurred_at=draft.provenance.started_at,
+            subject=draft.provenance.subject,
             **who,
         )
         for call in draft.model_calls:

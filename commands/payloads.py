@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
+from commands.redaction import ALWAYS_ON, NamedRedactor, redact
+
 #: Strings longer than this many UTF-8 bytes are stored as a digest and a prefix.
 DEFAULT_MAX_STRING_BYTES = 1_000_000
 #: How much of a truncated string is kept.
@@ -49,9 +51,11 @@ class PayloadConverter:
         *,
         max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
         secrets: frozenset[str] = frozenset(),
+        redactors: tuple[NamedRedactor, ...] = ALWAYS_ON,
     ) -> None:
         self.max_string_bytes = max_string_bytes
         self.secrets = secrets
+        self.redactors = redactors
         self.notes: dict[str, str] = {}
 
     def convert(self, value: Any, path: str = "$") -> Any:
@@ -91,6 +95,9 @@ class PayloadConverter:
             if secret and secret in value:
                 value = value.replace(secret, "[secret removed]")
                 self._note(path, "secret removed")
+        value, redacted_by = redact(value, self.redactors)
+        if redacted_by:
+            self._note(path, "redacted: " + ", ".join(redacted_by))
         if len(value) * 4 <= self.max_string_bytes:
             return value  # fast path: cannot be over the limit even if all 4-byte chars
         encoded = value.encode("utf-8", "surrogatepass")

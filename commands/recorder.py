@@ -107,7 +107,11 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
     def _provenance(self, actor: str) -> Provenance:
         trace_id, span_id = current_trace_ids()
         return Provenance(
-            actor=actor, started_at=datetime.now(UTC), trace_id=trace_id, span_id=span_id
+            actor=actor,
+            started_at=datetime.now(UTC),
+            trace_id=trace_id,
+            span_id=span_id,
+            subject=scope.current_subject(),
         )
 
     def _submit(self, draft: object) -> None:

@@ -8,6 +8,7 @@ from contextvars import ContextVar
 
 _actor: ContextVar[str | None] = ContextVar("dspy_ledger_actor", default=None)
 _context: ContextVar[str | None] = ContextVar("dspy_ledger_context", default=None)
+_subject: ContextVar[str | None] = ContextVar("dspy_ledger_subject", default=None)
 
 #: The context of a prediction made outside any evaluation, optimization or replay.
 PRODUCTION = "production"
@@ -50,3 +51,31 @@ def in_context(context: str) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
+
+
+def current_subject() -> str | None:
+    """The data subject set by the innermost :func:`acting_for`, if any."""
+    return _subject.get()
+
+
+@contextmanager
+def acting_for(subject: str) -> Iterator[None]:
+    """Record predictions made inside the block as concerning the data subject ``subject``.
+
+    Their personal fields are encrypted under the subject's own key (docs/privacy.md).
+    The context propagates like :func:`acting_as`.
+    """
+    if not isinstance(subject, str) or not subject.strip():
+        msg = "A data subject must be a non-empty id, such as 'customer-123'."
+        raise ValueError(msg)
+    with _setting(_subject, subject):
+        yield
+
+
+@contextmanager
+def _setting(variable: ContextVar[str | None], value: str) -> Iterator[None]:
+    token = variable.set(value)
+    try:
+        yield
+    finally:
+        variable.reset(token)

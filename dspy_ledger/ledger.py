@@ -24,6 +24,7 @@ from commands.recorder import LedgerRecorder
 from commands.writer import AsyncWriter, SyncWriter
 from dspy_ledger import telemetry
 from dspy_ledger.integrity import IntegrityMixin
+from dspy_ledger.privacy import MasterKeyInput, PrivacyMixin, Redactors
 from ledger.application import LedgerApplication
 from ledger.domain import Prediction
 from ledger.errors import InvalidInputError, RecordingError, StreamNotFoundError
@@ -68,7 +69,7 @@ class Instrumentation(AbstractContextManager["Instrumentation"]):
         self._ledger.flush()
 
 
-class Ledger(IntegrityMixin):
+class Ledger(IntegrityMixin, PrivacyMixin):
     """An open ledger. Create one with :func:`dspy_ledger.open`."""
 
     def __init__(
@@ -80,6 +81,8 @@ class Ledger(IntegrityMixin):
         max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
         create: bool = True,
         otel: bool | telemetry.TelemetrySettings | None = None,
+        master_key: MasterKeyInput | None = None,
+        redactors: Redactors | None = None,
     ) -> None:
         if durability not in ("sync", "async"):
             msg = f"durability must be 'sync' or 'async', not {durability!r}."
@@ -89,6 +92,7 @@ class Ledger(IntegrityMixin):
         self.durability: Durability = durability
         self.app = LedgerApplication(self.store, create=create)
         self._handler = DraftHandler(self.app, max_string_bytes=max_string_bytes)
+        self._setup_privacy(master_key, redactors)
         self._writer: SyncWriter | AsyncWriter = (
             SyncWriter(self._handler) if durability == "sync" else AsyncWriter(self._handler)
         )

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, EventSourcingError
 from eventsourcing.persistence import (
     IntegrityError,
+    Mapper,
     Notification,
     PersistenceError,
 )
 
 from ledger.errors import LedgerNotFoundError, RecordingError, StoreUnavailableError
+from ledger.privacy import PrivacyMapper, SubjectKeys, load_master_key
 from ledger.storage import StoreURL
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class DuplicateStreamError(RecordingError):
@@ -55,6 +60,14 @@ class LedgerApplication(Application[UUID]):
             super().__init__(env)
         except (EventSourcingError, OSError, Exception) as error:
             raise store_error(store, error) from error
+        # Subject keys live beside the events; the mapper encrypts personal fields with them.
+        self.subject_keys = SubjectKeys(self.factory.datastore, load_master_key())  # type: ignore[attr-defined]
+        assert isinstance(self.mapper, PrivacyMapper)
+        self.mapper.keys = self.subject_keys
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        """The library's mapper, extended to encrypt personal data per data subject."""
+        return PrivacyMapper(transcoder=self.construct_transcoder())
 
     def save_aggregates(self, *aggregates: Aggregate) -> int | None:
         """Commit the pending events of the given aggregates in one transaction.
@@ -123,12 +136,11 @@ class LedgerApplication(Application[UUID]):
         return self.mapper.to_domain_event(notification)
 
 
-def ensure_postgres_schema(store: StoreURL) -> None:
-    """Create the URL's PostgreSQL schema if it does not exist yet."""
+def postgres_connection(store: StoreURL) -> psycopg.Connection[Any]:
+    """A fresh autocommit connection to the URL's PostgreSQL database (for DDL, VACUUM)."""
     import psycopg
-    from psycopg import sql
 
-    with psycopg.connect(
+    return psycopg.connect(
         host=store.host,
         port=store.port or 5432,
         user=store.user,
@@ -136,7 +148,14 @@ def ensure_postgres_schema(store: StoreURL) -> None:
         dbname=store.dbname,
         connect_timeout=5,
         autocommit=True,
-    ) as connection:
+    )
+
+
+def ensure_postgres_schema(store: StoreURL) -> None:
+    """Create the URL's PostgreSQL schema if it does not exist yet."""
+    from psycopg import sql
+
+    with postgres_connection(store) as connection:
         connection.execute(
             sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(str(store.schema)))
         )

@@ -9,7 +9,11 @@ Every error the ledger raises on purpose derives from :class:`LedgerError`, so o
     │   └── LedgerNotFoundError a read was asked of a ledger that does not exist yet
     ├── RecordingError          events could not be committed (sync durability, or at close)
     ├── StreamNotFoundError     no stream has the given id
-    └── InvalidInputError       a value given by the user is malformed
+    ├── InvalidInputError       a value given by the user is malformed
+    └── PrivacyError            personal data cannot be encrypted, read or forgotten
+        ├── MasterKeyError          no master key, or not the one the keys were wrapped with
+        ├── UnknownSubjectError     no data subject with this id has anything recorded
+        └── SubjectAlreadyForgottenError  the subject was forgotten and nothing new was recorded
 
 Every message is one sentence that says what was wrong and what to do.
 """
@@ -57,3 +61,25 @@ class StreamNotFoundError(LedgerError, KeyError):
 
 class InvalidInputError(LedgerError, ValueError):
     """A value given by the user (an id, a date, an option) is malformed."""
+
+
+class PrivacyError(LedgerError):
+    """Personal data could not be encrypted, read or forgotten (see docs/privacy.md)."""
+
+
+class MasterKeyError(PrivacyError):
+    """The master key is missing, malformed, or not the one the subject keys were wrapped with.
+
+    Raised before anything is decrypted or written, so a wrong key changes nothing.
+    """
+
+
+class UnknownSubjectError(PrivacyError, KeyError):
+    """No data subject with the given id has anything recorded in this ledger."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SubjectAlreadyForgottenError(PrivacyError):
+    """The subject was already forgotten and nothing was recorded for it since."""

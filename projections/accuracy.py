@@ -28,6 +28,8 @@ class AccuracyLogic(ViewRecorder):
     """Tables, event handling and queries of the accuracy view."""
 
     view_name: ClassVar[str] = "accuracy"
+    #: Tables holding copies of personal data (feedback labels), purged on erasure.
+    personal_tables: ClassVar[tuple[str, ...]] = ("acc_feedback",)
     tables: ClassVar[dict[str, str]] = {
         "acc_predictions": (
             "(prediction_id TEXT PRIMARY KEY, program_version_id TEXT, model TEXT)"
@@ -98,6 +100,16 @@ class AccuracyLogic(ViewRecorder):
                     occurred_at[:10],
                 ),
             )
+        elif event_type == "SubjectForgotten":
+            # The events read as erased from now on; the copies must go too.
+            streams = list(e.get("streams") or [])
+            for start in range(0, len(streams), 500):  # under SQLite's parameter limit
+                chunk = streams[start : start + 500]
+                cursor.execute(
+                    "UPDATE {acc_feedback} SET label = '[erased]' WHERE label IS NOT NULL"
+                    f" AND prediction_id IN ({', '.join('?' for _ in chunk)})",
+                    chunk,
+                )
         elif event_type == "OptimizationStarted":
             cursor.execute(
                 "INSERT INTO {acc_runs} VALUES (?, ?, ?, NULL, 'started', ?)",

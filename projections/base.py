@@ -43,6 +43,7 @@ KNOWN_EVENT_TYPES = frozenset(
         "EvaluationFailed",
         "PriceTableCreated",
         "PriceSet",
+        "SubjectForgotten",
     }
 )
 

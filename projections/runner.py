@@ -17,6 +17,7 @@ from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger.application import LedgerApplication
+from ledger.errors import PrivacyError
 from ledger.reading import split_topic
 from projections.accuracy import PostgresAccuracyView, SQLiteAccuracyView
 from projections.audit import PostgresAuditView, SQLiteAuditView
@@ -66,6 +67,8 @@ class ViewProjection(Projection[Any]):
         event_type = split_topic(notification.topic)[1]
         try:
             event = self.app.decode(notification)
+        except PrivacyError:
+            raise  # a missing or wrong master key must stop the view, not thin it out
         except Exception:
             # An event this code cannot read (a newer version wrote it): skip and count.
             return notification.id, event_type, None

@@ -1,7 +1,8 @@
 """How the command line reports failure: one sentence, a distinct exit code.
 
 Exit codes: 0 success; 1 the ledger could not record or verify what was asked;
-2 bad input (usage, ids, URLs); 3 the store is unavailable or does not exist;
+2 bad input (usage, ids, URLs, an unknown or already forgotten data subject); 3 the
+store is unavailable or does not exist; 4 the master key is missing or wrong;
 130 interrupted.
 """
 
@@ -16,14 +17,18 @@ import typer
 from ledger.errors import (
     InvalidInputError,
     LedgerError,
+    MasterKeyError,
     StorageURLError,
     StoreUnavailableError,
     StreamNotFoundError,
+    SubjectAlreadyForgottenError,
+    UnknownSubjectError,
 )
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_STORE = 3
+EXIT_MASTER_KEY = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -37,7 +42,18 @@ def exit_code_for(error: LedgerError) -> int:
     """The exit code that stands for an error of this kind."""
     if isinstance(error, StoreUnavailableError):
         return EXIT_STORE
-    if isinstance(error, (StorageURLError, InvalidInputError, StreamNotFoundError)):
+    if isinstance(error, MasterKeyError):
+        return EXIT_MASTER_KEY
+    if isinstance(
+        error,
+        (
+            StorageURLError,
+            InvalidInputError,
+            StreamNotFoundError,
+            UnknownSubjectError,
+            SubjectAlreadyForgottenError,
+        ),
+    ):
         return EXIT_BAD_INPUT
     return EXIT_FAILED
 

@@ -10,8 +10,10 @@ from ledger.domain.optimization import OptimizationRun
 from ledger.domain.prediction import Prediction
 from ledger.domain.price import PriceTable
 from ledger.domain.program_version import ProgramVersion
+from ledger.domain.subject import DataSubject
 
 __all__ = [
+    "DataSubject",
     "Dataset",
     "Evaluation",
     "LedgerAggregate",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from eventsourcing.domain import Aggregate
 
@@ -29,6 +29,11 @@ class LedgerAggregate(Aggregate):
         actor: str
         trace_id: str | None
         span_id: str | None
+        subject: str | None
+
+        #: Names of the fields that hold personal data about the event's ``subject``.
+        #: Plain data: the store (ledger.privacy) encrypts them under the subject's key.
+        personal_fields: ClassVar[tuple[str, ...]] = ()
 
     class Created(Event, Aggregate.Created):
         """Base of the events that start a stream."""
@@ -37,12 +42,15 @@ class LedgerAggregate(Aggregate):
         """Trigger ``event_class`` on this aggregate, dated ``occurred_at`` when given."""
         if occurred_at is not None:
             fields["timestamp"] = occurred_at
+        fields.setdefault("subject", None)
         self.trigger_event(event_class, **fields)
 
 
-def provenance(actor: str, trace_id: str | None, span_id: str | None) -> dict[str, Any]:
+def provenance(
+    actor: str, trace_id: str | None, span_id: str | None, subject: str | None = None
+) -> dict[str, Any]:
     """Return the cross-cutting event fields as keyword arguments."""
-    return {"actor": actor, "trace_id": trace_id, "span_id": span_id}
+    return {"actor": actor, "trace_id": trace_id, "span_id": span_id, "subject": subject}
 
 
 #: Public alias for type hints on "any ledger event".

@@ -30,6 +30,8 @@ class Prediction(LedgerAggregate):
         context: str
         payload_notes: dict[str, Any]
 
+        personal_fields = ("inputs",)
+
     class ModelExecuted(LedgerAggregate.Event):
         """A language model was called inside the prediction."""
 
@@ -49,6 +51,8 @@ class Prediction(LedgerAggregate):
         error: dict[str, str] | None
         payload_notes: dict[str, Any]
 
+        personal_fields = ("messages", "outputs", "error")
+
         def apply(self, aggregate: Prediction) -> None:
             """Count the LM call."""
             aggregate.model_calls += 1
@@ -60,6 +64,8 @@ class Prediction(LedgerAggregate):
         call_tree: dict[str, Any]
         latency_ms: float
         payload_notes: dict[str, Any]
+
+        personal_fields = ("outputs", "call_tree")
 
         def apply(self, aggregate: Prediction) -> None:
             """Mark the prediction completed."""
@@ -73,6 +79,8 @@ class Prediction(LedgerAggregate):
         call_tree: dict[str, Any]
         latency_ms: float
 
+        personal_fields = ("message", "call_tree")
+
         def apply(self, aggregate: Prediction) -> None:
             """Mark the prediction failed."""
             aggregate.status = "failed"
@@ -85,10 +93,20 @@ class Prediction(LedgerAggregate):
         by: str
         comment: str | None
 
-    def __init__(self, program_version_id: UUID | None, program_name: str, context: str) -> None:
+        personal_fields = ("label", "comment")
+
+    def __init__(
+        self,
+        program_version_id: UUID | None,
+        program_name: str,
+        context: str,
+        subject: str | None = None,
+    ) -> None:
         self.program_version_id = program_version_id
         self.program_name = program_name
         self.context = context
+        # The data subject the prediction concerns: its later events inherit it.
+        self.subject = subject
         self.status = "started"
         self.model_calls = 0
 
@@ -105,6 +123,7 @@ class Prediction(LedgerAggregate):
         actor: str,
         trace_id: str | None = None,
         span_id: str | None = None,
+        subject: str | None = None,
         occurred_at: datetime | None = None,
     ) -> Prediction:
         """Start a prediction stream (``PredictionStarted``)."""
@@ -117,13 +136,14 @@ class Prediction(LedgerAggregate):
             inputs=inputs,
             context=context,
             payload_notes=payload_notes or {},
-            **provenance(actor, trace_id, span_id),
+            **provenance(actor, trace_id, span_id, subject),
             **extra,
         )
 
     def record_model_execution(self, *, occurred_at: datetime | None = None, **fields: Any) -> None:
         """Record one LM call (``ModelExecuted``); see the event for its fields."""
         fields.setdefault("payload_notes", {})
+        fields.setdefault("subject", self.subject)
         self.record(self.ModelExecuted, occurred_at, **fields)
 
     def complete(
@@ -136,6 +156,7 @@ class Prediction(LedgerAggregate):
         actor: str,
         trace_id: str | None = None,
         span_id: str | None = None,
+        subject: str | None = None,
         occurred_at: datetime | None = None,
     ) -> None:
         """Record that the program returned (``PredictionCompleted``)."""
@@ -147,7 +168,7 @@ class Prediction(LedgerAggregate):
             call_tree=call_tree,
             latency_ms=latency_ms,
             payload_notes=payload_notes or {},
-            **provenance(actor, trace_id, span_id),
+            **provenance(actor, trace_id, span_id, subject or self.subject),
         )
 
     def fail(
@@ -160,6 +181,7 @@ class Prediction(LedgerAggregate):
         actor: str,
         trace_id: str | None = None,
         span_id: str | None = None,
+        subject: str | None = None,
         occurred_at: datetime | None = None,
     ) -> None:
         """Record that the program raised (``PredictionFailed``)."""
@@ -171,7 +193,7 @@ class Prediction(LedgerAggregate):
             message=message,
             call_tree=call_tree,
             latency_ms=latency_ms,
-            **provenance(actor, trace_id, span_id),
+            **provenance(actor, trace_id, span_id, subject or self.subject),
         )
 
     def record_feedback(
@@ -193,7 +215,8 @@ class Prediction(LedgerAggregate):
             label=label,
             by=by,
             comment=comment,
-            **provenance(actor, trace_id, span_id),
+            # Feedback on a subject's prediction is about the subject too.
+            **provenance(actor, trace_id, span_id, self.subject),
         )
 
     def _check_not_finished(self) -> None:
