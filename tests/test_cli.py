@@ -144,3 +144,20 @@ def test_the_public_surface_is_deliberate() -> None:
     for name in dspy_ledger.__all__:
         if name not in {"__version__", "Durability"}:  # a version string, a Literal alias
             assert getattr(dspy_ledger, name).__doc__, name
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["feedback"], "Missing argument"),
+        (["no-such-command"], "No such command"),
+        (["report", "cost", "--no-such-option"], "No such option"),
+    ],
+)
+def test_usage_errors_name_the_problem_without_a_traceback(
+    tmp_path: Path, args: list[str], phrase: str
+) -> None:
+    done = cli(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert phrase in done.stderr
+    assert "Traceback" not in done.stderr

@@ -14,6 +14,11 @@ from typing import Any
 import click
 import typer
 
+# Recent Typer releases vendor their own copy of click: catch both its classes and click's.
+_EXIT = (click.exceptions.Exit, typer.Exit)
+_ABORT = (click.exceptions.Abort, typer.Abort)
+_USAGE = (click.ClickException, typer.exceptions.TyperException)
+
 from ledger.errors import (
     InvalidInputError,
     LedgerError,
@@ -68,14 +73,18 @@ def run_app(app: Any) -> None:
     except LedgerError as error:
         typer.echo(f"dspy-ledger: {error}", err=True)
         sys.exit(exit_code_for(error))
-    except click.exceptions.Exit as done:
+    except _EXIT as done:
         sys.exit(done.exit_code)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(EXIT_BAD_INPUT)
-    except click.exceptions.Abort:
+    except _ABORT:
         typer.echo("dspy-ledger: interrupted.", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except _USAGE as error:
+        show = getattr(error, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"dspy-ledger: {error}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         typer.echo("dspy-ledger: interrupted.", err=True)
         sys.exit(EXIT_INTERRUPTED)
