@@ -14,11 +14,6 @@ from typing import Any
 import click
 import typer
 
-# Recent Typer releases vendor their own copy of click: catch both its classes and click's.
-_EXIT = (click.exceptions.Exit, typer.Exit)
-_ABORT = (click.exceptions.Abort, typer.Abort)
-_USAGE = (click.ClickException, typer.exceptions.TyperException)
-
 from ledger.errors import (
     InvalidInputError,
     LedgerError,
@@ -29,6 +24,11 @@ from ledger.errors import (
     SubjectAlreadyForgottenError,
     UnknownSubjectError,
 )
+
+# Recent Typer releases vendor their own copy of click: catch both its classes and click's.
+_EXIT = (click.exceptions.Exit, typer.Exit)
+_ABORT = (click.exceptions.Abort, typer.Abort)
+_USAGE = (click.ClickException, typer.exceptions.TyperException)
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
