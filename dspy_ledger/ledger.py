@@ -21,6 +21,7 @@ from commands.handlers import DraftHandler
 from commands.payloads import DEFAULT_MAX_STRING_BYTES
 from commands.recorder import LedgerRecorder
 from commands.writer import AsyncWriter, SyncWriter
+from dspy_ledger.governance import GovernanceMixin
 from dspy_ledger.integrity import IntegrityMixin
 from ledger.application import LedgerApplication
 from ledger.domain import Prediction
@@ -62,7 +63,7 @@ class Instrumentation(AbstractContextManager["Instrumentation"]):
         self._ledger.flush()
 
 
-class Ledger(IntegrityMixin):
+class Ledger(IntegrityMixin, GovernanceMixin):
     """An open ledger. Create one with :func:`dspy_ledger.open`."""
 
     def __init__(
@@ -73,6 +74,7 @@ class Ledger(IntegrityMixin):
         durability: Durability = "sync",
         max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
         create: bool = True,
+        enforce: bool = False,
     ) -> None:
         if durability not in ("sync", "async"):
             msg = f"durability must be 'sync' or 'async', not {durability!r}."
@@ -90,6 +92,8 @@ class Ledger(IntegrityMixin):
         self._closed = False
         self._lock = threading.Lock()
         atexit.register(self._close_at_exit)
+        if enforce:  # refuse LM calls the governance rules forbid (docs/governance.md)
+            self.enforce()
 
     # -- recording -------------------------------------------------------------------
 
@@ -181,6 +185,7 @@ class Ledger(IntegrityMixin):
         self._closed = True
         atexit.unregister(self._close_at_exit)
         self.uninstrument()
+        self.stop_enforcing()
         try:
             self._writer.close(timeout)
         finally:

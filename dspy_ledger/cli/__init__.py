@@ -34,6 +34,10 @@ from dspy_ledger.cli.integrity_commands import register as _register_integrity  
 
 _register_integrity(app)
 
+from dspy_ledger.cli.governance_commands import register as _register_governance  # noqa: E402
+
+_register_governance(app)
+
 
 def main() -> None:
     """Entry point of the ``dspy-ledger`` script."""

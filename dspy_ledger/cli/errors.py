@@ -1,8 +1,8 @@
 """How the command line reports failure: one sentence, a distinct exit code.
 
 Exit codes: 0 success; 1 the ledger could not record or verify what was asked;
-2 bad input (usage, ids, URLs); 3 the store is unavailable or does not exist;
-130 interrupted.
+2 bad input (usage, ids, URLs, malformed patterns, negative budgets); 3 the store is
+unavailable or does not exist; 4 an LM call was refused by governance; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import click
 import typer
 
 from ledger.errors import (
+    GovernanceError,
     InvalidInputError,
     LedgerError,
     StorageURLError,
@@ -24,6 +25,7 @@ from ledger.errors import (
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_STORE = 3
+EXIT_REFUSED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -37,6 +39,8 @@ def exit_code_for(error: LedgerError) -> int:
     """The exit code that stands for an error of this kind."""
     if isinstance(error, StoreUnavailableError):
         return EXIT_STORE
+    if isinstance(error, GovernanceError):
+        return EXIT_REFUSED
     if isinstance(error, (StorageURLError, InvalidInputError, StreamNotFoundError)):
         return EXIT_BAD_INPUT
     return EXIT_FAILED
