@@ -42,6 +42,8 @@ from ledger.errors import (
 
 logger = logging.getLogger("dspy_ledger")
 
+_ADVERB = {"day": "daily", "month": "monthly"}
+
 #: How long a process trusts its copy of the rules before looking for new events.
 DEFAULT_REFRESH_SECONDS = 1.0
 
@@ -108,8 +110,9 @@ class Enforcer:
         for budget, key in zip(budgets, keys, strict=True):
             if spent[key] >= budget.limit_usd:
                 reason = (
-                    f"The {budget.period}ly budget of {budget.scope_kind} {budget.scope!r} "
-                    f"(${budget.limit_usd:g}) is spent (${spent[key]:.6f} since {key[2]})."
+                    f"The {_ADVERB[budget.period]} budget of {budget.scope_kind} "
+                    f"{budget.scope!r} (${budget.limit_usd:.6f}) is spent "
+                    f"(${spent[key]:.6f} since {key[2]})."
                 )
                 details = {
                     "scope_kind": budget.scope_kind,
