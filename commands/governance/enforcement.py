@@ -14,6 +14,7 @@ With no :class:`Enforcer` registered, the wrappers only check an empty list.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import logging
 import threading
@@ -80,9 +81,13 @@ class Enforcer:
             return self._book
         with self._lock:
             if now - self._checked_at >= self.refresh_seconds:
-                newer = self.app.events.get(GovernanceRules.STREAM_ID, gt=self._book.version)
-                for event in newer:
-                    self._book.apply(event)
+                newer = list(self.app.events.get(GovernanceRules.STREAM_ID, gt=self._book.version))
+                if newer:
+                    # Other threads may be deciding on the current copy: fold into a new one.
+                    book = copy.deepcopy(self._book)
+                    for event in newer:
+                        book.apply(event)
+                    self._book = book
                 self._checked_at = time.monotonic()
         return self._book
 
