@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -365,23 +366,23 @@ def test_the_cli_sets_and_lists_rules_as_json(sqlite_url: str) -> None:
     assert earlier["policies"] == [] and earlier["rules_version"] == 0
 
 
-# -- several processes against one budget (PostgreSQL) -------------------------------------
+# -- several processes against one budget (PostgreSQL, and one SQLite file) -----------------
 
 
-def test_processes_sharing_a_postgres_ledger_share_one_budget(
-    postgres_url: str, server: SimulatedModelServer
+def test_processes_sharing_a_ledger_share_one_budget(
+    ledger_url: str, server: SimulatedModelServer
 ) -> None:
     lm = make_lm(server)
     lm("What is the capital of France?")
     one_call = float(lm.history[-1]["cost"])
     limit = one_call * 20.5
     processes = 4
-    with dspy_ledger.open(postgres_url, actor="admin") as admin:
+    with dspy_ledger.open(ledger_url, actor="admin") as admin:
         admin.set_budget(limit, actor="shared")
     start_at = time.time() + 3.0  # all start spending together, after their imports
     workers = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), postgres_url, server.api_base, str(start_at)],
+            [sys.executable, str(WORKER), ledger_url, server.api_base, str(start_at)],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
@@ -392,7 +393,7 @@ def test_processes_sharing_a_postgres_ledger_share_one_budget(
     assert all(w.returncode == 0 for w in workers)
     calls = sum(r["calls"] for r in results)
     spent = sum(r["cost_usd"] for r in results)
-    with dspy_ledger.open(postgres_url, actor="admin") as reader:
+    with dspy_ledger.open(ledger_url, actor="admin") as reader:
         events = events_of(reader)
         [budget] = reader.policies().budgets
     recorded = [e["cost_usd"] for e in only(events, "ModelExecuted")]
@@ -402,3 +403,33 @@ def test_processes_sharing_a_postgres_ledger_share_one_budget(
     # over-spend is under one call per process; every process was then refused.
     assert limit <= spent < limit + processes * one_call * 1.5
     assert len(only(events, "ExecutionDenied")) == processes
+
+
+def test_threads_of_one_process_share_one_budget(
+    ledger: dspy_ledger.Ledger, server: SimulatedModelServer
+) -> None:
+    lm = make_lm(server)
+    lm("What is the capital of France?")
+    one_call = float(lm.history[-1]["cost"])
+    limit = one_call * 12.5
+    threads = 4
+    ledger.set_budget(limit, actor="alice")
+
+    def spend(_: int) -> int:
+        calls = 0
+        try:
+            while True:
+                lm("What is the capital of France?")
+                calls += 1
+        except dspy_ledger.BudgetExceeded:
+            return calls
+
+    with ThreadPoolExecutor(threads) as pool:
+        calls = sum(pool.map(spend, range(threads)))
+    ledger.flush()
+    [budget] = ledger.policies().budgets
+    events = events_of(ledger)
+    assert budget.spent_usd == pytest.approx(calls * one_call)
+    assert limit <= budget.spent_usd < limit + threads * one_call
+    assert len(only(events, "ExecutionDenied")) == threads
+    assert len(only(events, "ModelExecuted")) == calls + 1
