@@ -23,6 +23,8 @@ import pytest
 import dspy_ledger
 from commands.governance.rules import Rulebook, window_key
 from dspy_ledger import views
+from dspy_ledger.cli import app
+from dspy_ledger.cli.errors import run_app
 from dspy_ledger.simulated_model import SimulatedModelServer, register_simulated_prices
 from ledger.domain.governance import GovernanceRules, check_pattern
 from ledger.errors import InvalidInputError
@@ -321,6 +323,21 @@ def test_rule_changes_from_another_process_reach_a_running_one(
 # -- the command line -----------------------------------------------------------------------
 
 
+def run_cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[int, str, str]:
+    """Run ``dspy-ledger ARGS`` in this process, as its entry point does: (code, out, err)."""
+    monkeypatch.setattr(sys, "argv", ["dspy-ledger", *args])
+    capsys.readouterr()
+    try:
+        run_app(app)
+        code = 0
+    except SystemExit as done:
+        code = int(done.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.mark.parametrize(
     ("args", "phrase"),
     [
@@ -334,35 +351,46 @@ def test_rule_changes_from_another_process_reach_a_running_one(
     ],
 )
 def test_bad_governance_input_is_one_sentence_and_exit_2(
-    sqlite_url: str, args: list[str], phrase: str
+    sqlite_url: str,
+    args: list[str],
+    phrase: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with dspy_ledger.open(sqlite_url) as created:
         created.set_budget(1.0, actor="someone")
-    done = cli(*args, "--db", sqlite_url)
-    assert done.returncode == 2
-    assert phrase in done.stderr and "Traceback" not in done.stderr
-    assert done.stderr.count("\n") == 1
+    code, _, err = run_cli(capsys, monkeypatch, *args, "--db", sqlite_url)
+    assert code == 2
+    assert phrase in err and "Traceback" not in err
+    assert err.count("\n") == 1
     with dspy_ledger.open(sqlite_url) as reopened:  # nothing recorded was lost
         assert [b.scope for b in reopened.policies().budgets] == ["someone"]
 
 
-def test_the_cli_sets_and_lists_rules_as_json(sqlite_url: str) -> None:
+def test_the_cli_sets_and_lists_rules_as_json(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = ("--db", sqlite_url)
-    assert cli("policy", "allow", "openai/*", "--role", "analyst", *db).returncode == 0
-    assert cli("policy", "role", "carol", "analyst", *db).returncode == 0
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        code, out, err = run_cli(capsys, monkeypatch, *args)
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    assert run("policy", "allow", "openai/*", "--role", "analyst", *db).returncode == 0
+    assert run("policy", "role", "carol", "analyst", *db).returncode == 0
     assert (
-        cli("budget", "set", "--usd", "3", "--program", "QA", "--per", "month", *db).returncode == 0
+        run("budget", "set", "--usd", "3", "--program", "QA", "--per", "month", *db).returncode == 0
     )
-    assert cli("ratelimit", "set", "--per-minute", "5", "--model", "*large", *db).returncode == 0
-    listed = cli("policy", "list", "--actor", "carol", "--model", LARGE, "--json", *db)
+    assert run("ratelimit", "set", "--per-minute", "5", "--model", "*large", *db).returncode == 0
+    listed = run("policy", "list", "--actor", "carol", "--model", LARGE, "--json", *db)
     report = json.loads(listed.stdout)
     assert report["access"]["allowed"] is True and report["access"]["roles"] == ["analyst"]
     assert [r["calls_per_minute"] for r in report["access"]["rate_limits"]] == [5]
-    budgets = json.loads(cli("budget", "list", "--json", *db).stdout)
+    budgets = json.loads(run("budget", "list", "--json", *db).stdout)
     assert [(b["scope"], b["period"], b["limit_usd"]) for b in budgets] == [("QA", "month", 3.0)]
-    limits = json.loads(cli("ratelimit", "list", "--json", *db).stdout)
+    limits = json.loads(run("ratelimit", "list", "--json", *db).stdout)
     assert [(r["actors"], r["models"]) for r in limits] == [("*", "*large")]
-    earlier = json.loads(cli("policy", "list", "--as-of", "2000-01-01", "--json", *db).stdout)
+    earlier = json.loads(run("policy", "list", "--as-of", "2000-01-01", "--json", *db).stdout)
     assert earlier["policies"] == [] and earlier["rules_version"] == 0
 
 
