@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dspy
+import psycopg
+import psycopg.sql
 import pytest
 
 import dspy_ledger
@@ -28,6 +30,7 @@ from dspy_ledger.cli.errors import run_app
 from dspy_ledger.simulated_model import SimulatedModelServer, register_simulated_prices
 from ledger.domain.governance import GovernanceRules, check_pattern
 from ledger.errors import InvalidInputError
+from tests.conftest import POSTGRES_URL
 from tests.helpers import events_of, only
 from tests.test_cli import cli
 
@@ -461,3 +464,22 @@ def test_threads_of_one_process_share_one_budget(
     assert limit <= budget.spent_usd < limit + threads * one_call
     assert len(only(events, "ExecutionDenied")) == threads
     assert len(only(events, "ModelExecuted")) == calls + 1
+
+
+def test_enforcement_fails_closed_when_the_store_cannot_be_read(
+    postgres_url: str, server: SimulatedModelServer
+) -> None:
+    lm = make_lm(server)
+    with dspy_ledger.open(postgres_url, actor="alice") as ledger:
+        ledger.set_budget(1.0, actor="alice")
+        with ledger.enforce(refresh_seconds=0.0):
+            lm("What is the capital of France?")
+            schema = postgres_url.rsplit("schema=", 1)[1]
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+                connection.execute(
+                    psycopg.sql.SQL("DROP SCHEMA {} CASCADE").format(psycopg.sql.Identifier(schema))
+                )
+            sent = server.request_count
+            with pytest.raises(dspy_ledger.StoreUnavailableError, match="Cannot use the ledger"):
+                lm("What is the capital of France?")
+            assert server.request_count == sent

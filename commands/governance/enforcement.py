@@ -22,16 +22,17 @@ import time
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dspy.utils.callback_context import ACTIVE_CALL_ID
+from eventsourcing.persistence import PersistenceError
 
 from commands import scope
 from commands.governance.counters import CounterKey, CounterStore
-from commands.governance.rules import Budget, Rulebook, window_key
+from commands.governance.rules import Budget, Rulebook, window_key, window_start
 from commands.tracing import current_trace_ids
-from ledger.application import LedgerApplication
+from ledger.application import LedgerApplication, store_error
 from ledger.domain.governance import ExecutionDenial, GovernanceRules
 from ledger.errors import (
     BudgetExceeded,
@@ -96,7 +97,17 @@ class Enforcer:
         self._checked_at = float("-inf")
 
     def admit(self, lm: Any) -> Admission:
-        """Let the call through, or record ``ExecutionDenied`` and raise why not."""
+        """Let the call through, or record ``ExecutionDenied`` and raise why not.
+
+        Governance fails closed: if the rules or counters cannot be read, the call is not
+        made and StoreUnavailableError says why.
+        """
+        try:
+            return self._admit(lm)
+        except (PersistenceError, OSError) as error:
+            raise store_error(self.app.store, error) from error
+
+    def _admit(self, lm: Any) -> Admission:
         book = self.rulebook()
         if book.empty:
             return Admission()
@@ -130,11 +141,12 @@ class Enforcer:
                 self._deny(BudgetExceeded, reason, **who, details=details)
         for limit in book.rate_limits_for(actor, model):
             rate_key = ("rate", f"{actor}\n{model}", window_key("minute", now))
+            next_minute = window_start("minute", now) + timedelta(minutes=1)
             if self.counters.take_call(rate_key, limit.calls_per_minute) is None:
                 reason = (
                     f"{actor!r} has made {limit.calls_per_minute} calls to {model!r} this "
                     f"minute, the limit set for actors {limit.actors!r} and models "
-                    f"{limit.models!r}; retry after {rate_key[2][:-4]}:59Z."
+                    f"{limit.models!r}; retry after {next_minute:%H:%M:%S}Z."
                 )
                 details = {
                     "actors": limit.actors,
