@@ -180,26 +180,24 @@ class GovernanceMixin:
     ) -> GovernanceReport:
         """The rules in force at ``as_of`` (default now), with spend in current windows.
 
-        Given ``actor`` and ``model``, also answers whether that actor could use that
-        model then, under which budgets and rate limits.
+        Given ``model``, only the rules that cover that model are listed (who could use
+        it); given ``actor``, only those that cover that actor. Given both, ``access``
+        also answers whether that actor could use that model then, and why.
         """
         moment = parse_moment(as_of) if as_of is not None else datetime.now(UTC)
         book = self._rulebook(moment)
         counters = self._counters()
-        budgets = [_budget_info(b, moment, counters) for b in book.budgets.values()]
+        policies, budgets, limits = book.covering(actor=actor, model=model)
         report = GovernanceReport(
             as_of=_text(moment),
             rules_version=book.version,
             last_change=_text(book.last_change) if book.last_change else None,
-            policies=[PolicyInfo(**_plain(p)) for p in book.policies.values()],
+            policies=[PolicyInfo(**_plain(p)) for p in policies],
             roles={a: sorted(r) for a, r in sorted(book.roles.items()) if r},
-            budgets=budgets,
-            rate_limits=[RateLimitInfo(**_plain(r)) for r in book.rate_limits.values()],
+            budgets=[_budget_info(b, moment, counters) for b in budgets],
+            rate_limits=[RateLimitInfo(**_plain(r)) for r in limits],
         )
-        if actor is not None or model is not None:
-            if actor is None or model is None:
-                msg = "Asking who may use a model needs both an actor and a model."
-                raise InvalidInputError(msg)
+        if actor is not None and model is not None:
             decision = book.decide(actor, model)
             report.access = AccessAnswer(
                 actor=actor,
@@ -207,10 +205,8 @@ class GovernanceMixin:
                 allowed=decision.allowed,
                 reason=decision.reason,
                 roles=sorted(book.roles_of(actor)),
-                budgets=[_budget_info(b, moment, counters) for b in book.budgets_for(actor, None)],
-                rate_limits=[
-                    RateLimitInfo(**_plain(r)) for r in book.rate_limits_for(actor, model)
-                ],
+                budgets=report.budgets,
+                rate_limits=report.rate_limits,
             )
         return report
 

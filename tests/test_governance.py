@@ -133,6 +133,24 @@ def test_budgets_and_rate_limits_apply_to_the_actors_programs_and_models_they_na
     assert book.rate_limits_for("alice", SMALL) == book.rate_limits_for("bob", LARGE) == []
 
 
+def test_the_rules_covering_a_model_or_an_actor_are_who_could_use_it() -> None:
+    book = rules_from(
+        policy("allow", "ci-*", "openai/*"),
+        policy("deny", "analyst", "*large", kind="role"),
+        ("assign_role", {"member_actor": "carol", "role": "analyst", "member": True}),
+        ("set_budget", {"scope_kind": "actor", "scope": "carol", "period": "day", "limit_usd": 1}),
+        ("set_rate_limit", {"actors": "ci-*", "models": "*small", "calls_per_minute": 9}),
+    )
+    policies, _, limits = book.covering(model=LARGE)
+    assert sorted(p.rule_id for p in policies) == ["allow-ci-*-openai/*", "deny-analyst-*large"]
+    assert limits == []
+    policies, budgets, limits = book.covering(actor="carol")
+    assert [p.effect for p in policies] == ["deny"] and [b.scope for b in budgets] == ["carol"]
+    policies, budgets, limits = book.covering(actor="ci-1", model=SMALL)
+    assert [p.effect for p in policies] == ["allow"] and budgets == []
+    assert [r.calls_per_minute for r in limits] == [9]
+
+
 def test_windows_start_at_the_utc_minute_day_and_month() -> None:
     at = datetime(2025, 3, 14, 15, 9, 26, 535, tzinfo=UTC)
     assert window_key("minute", at) == "2025-03-14T15:09:00Z"
@@ -393,6 +411,8 @@ def test_the_cli_sets_and_lists_rules_as_json(
     assert [(b["scope"], b["period"], b["limit_usd"]) for b in budgets] == [("QA", "month", 3.0)]
     limits = json.loads(run("ratelimit", "list", "--json", *db).stdout)
     assert [(r["actors"], r["models"]) for r in limits] == [("*", "*large")]
+    who = json.loads(run("policy", "list", "--model", "anthropic/claude", "--json", *db).stdout)
+    assert who["policies"] == [] and who["access"] is None
     earlier = json.loads(run("policy", "list", "--as-of", "2000-01-01", "--json", *db).stdout)
     assert earlier["policies"] == [] and earlier["rules_version"] == 0
 

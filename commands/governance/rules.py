@@ -194,6 +194,26 @@ class Rulebook:
             if fnmatchcase(actor, r.actors) and fnmatchcase(model, r.models)
         ]
 
+    def covering(
+        self, *, actor: str | None = None, model: str | None = None
+    ) -> tuple[list[PolicyRule], list[Budget], list[RateLimit]]:
+        """The policies, budgets and rate limits that cover ``actor`` and/or ``model``.
+
+        Either left out means "any": with neither, every rule in force.
+        """
+        policies = list(self.policies.values())
+        budgets = list(self.budgets.values())
+        limits = list(self.rate_limits.values())
+        if model is not None:
+            policies = [p for p in policies if fnmatchcase(model, p.models)]
+            limits = [r for r in limits if fnmatchcase(model, r.models)]
+        if actor is not None:
+            roles = self.roles_of(actor)
+            policies = [p for p in policies if p.names(actor, roles)]
+            budgets = self.budgets_for(actor, None)
+            limits = [r for r in limits if fnmatchcase(actor, r.actors)]
+        return policies, budgets, limits
+
 
 def _subject(rule: PolicyRule) -> str:
     return f"actors {rule.subject!r}" if rule.subject_kind == "actor" else f"role {rule.subject!r}"

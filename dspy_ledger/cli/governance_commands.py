@@ -81,15 +81,19 @@ def policy_role(
 def policy_list(
     as_of: AsOfOption = None,
     actor: Annotated[
-        str | None, typer.Option("--actor", help="With --model: could this actor use it?")
+        str | None, typer.Option("--actor", help="Only the rules that cover this actor.")
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="With --actor: the model asked about.")
+        str | None,
+        typer.Option("--model", help="Only the rules that cover this model (who could use it)."),
     ] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """The policies, roles, budgets and rate limits in force (now or --as-of a time)."""
+    """The policies, roles, budgets and rate limits in force (now or --as-of a time).
+
+    With --actor and --model, also whether that actor could use that model, and why.
+    """
     with Ledger(db, create=False) as ledger:
         report = ledger.policies(as_of, actor=actor, model=model)
     if as_json:
