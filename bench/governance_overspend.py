@@ -5,9 +5,9 @@
 1. Over-spend: for 1, 2, 4 and 8 processes, each calling the simulated model as the same
    actor until refused, against one PostgreSQL ledger with a daily budget of 20.5 calls'
    worth; prints the spend past the budget, in USD and in calls, per run.
-2. Overhead: the time of one LM call to the simulated model with enforcement off, and
-   on with a budget and a rate limit in force, side by side in one run (SQLite and
-   PostgreSQL). Only the ratio means anything on a shared machine.
+2. Overhead: the median time of one LM call to the simulated model with enforcement off,
+   and on with a budget and a rate limit in force, in alternating batches of one run
+   (SQLite and PostgreSQL). Only the difference means anything on a shared machine.
 """
 
 from __future__ import annotations
@@ -78,19 +78,24 @@ def overspend(
     }
 
 
-def call_times(url: str, server: SimulatedModelServer, *, enforce: bool, calls: int = 200) -> float:
+def call_times(url: str, server: SimulatedModelServer, rounds: int = 10) -> tuple[float, float]:
+    """Median call time (ms) with enforcement off and on, in alternating batches."""
     lm = dspy.LM("openai/sim-qa-small", api_base=server.api_base, api_key="sk", cache=False)
-    with dspy_ledger.open(url, actor="bench", enforce=enforce) as ledger:
-        if enforce:
-            ledger.set_budget(1e6, actor="bench")
-            ledger.set_rate_limit(10**6, actor="bench")
+    times: dict[bool, list[float]] = {False: [], True: []}
+    with dspy_ledger.open(url, actor="bench") as ledger:
+        ledger.set_budget(1e6, actor="bench")
+        ledger.set_rate_limit(10**6, actor="bench")
         lm(QUESTION)
-        times = []
-        for _ in range(calls):
-            started = time.perf_counter()
-            lm(QUESTION)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+        for _ in range(rounds):
+            for enforced in (False, True):
+                if enforced:
+                    ledger.enforce()
+                for _ in range(20):
+                    started = time.perf_counter()
+                    lm(QUESTION)
+                    times[enforced].append(time.perf_counter() - started)
+                ledger.stop_enforcing()
+    return statistics.median(times[False]) * 1000, statistics.median(times[True]) * 1000
 
 
 def main() -> None:
@@ -112,8 +117,7 @@ def main() -> None:
             pg_url, schema = fresh_schema(base)
             for name, url in (("sqlite", f"sqlite:///{folder}/bench.db"), ("postgres", pg_url)):
                 try:
-                    off = call_times(url, server, enforce=False)
-                    on = call_times(url, server, enforce=True)
+                    off, on = call_times(url, server)
                 finally:
                     if name == "postgres":
                         drop_schema(base, schema)
