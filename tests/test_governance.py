@@ -247,6 +247,7 @@ def test_a_denied_call_sends_nothing_raises_and_is_recorded(
     assert denied.data["message"] == str(refused.value)
     failed = only(events, "PredictionFailed")
     assert [f["error_type"] for f in failed] == ["PolicyViolation"]
+    assert denied.data["details"]["dspy_call_id"] == failed[0]["call_tree"]["call_id"]
     assert len(only(events, "ModelExecuted")) == 2  # the refused call is no model execution
     # The views skip and count what they do not know, and still add up.
     views.update_views(ledger)
