@@ -25,9 +25,13 @@ from dspy_ledger.ledger import (
     open_ledger,
 )
 from ledger.errors import (
+    BudgetExceeded,
+    GovernanceError,
     InvalidInputError,
     LedgerError,
     LedgerNotFoundError,
+    PolicyViolation,
+    RateLimited,
     RecordingError,
     StorageURLError,
     StoreUnavailableError,
@@ -40,13 +44,17 @@ open = open_ledger
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetExceeded",
     "Durability",
+    "GovernanceError",
     "Instrumentation",
     "InvalidInputError",
     "Ledger",
     "LedgerError",
     "LedgerNotFoundError",
     "LedgerStats",
+    "PolicyViolation",
+    "RateLimited",
     "RecordedEvent",
     "RecordingError",
     "StorageURLError",

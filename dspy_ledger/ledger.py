@@ -23,6 +23,7 @@ from commands.payloads import DEFAULT_MAX_STRING_BYTES
 from commands.recorder import LedgerRecorder
 from commands.writer import AsyncWriter, SyncWriter
 from dspy_ledger import telemetry
+from dspy_ledger.governance import GovernanceMixin
 from dspy_ledger.integrity import IntegrityMixin
 from dspy_ledger.privacy import MasterKeyInput, PrivacyMixin, Redactors
 from ledger.application import LedgerApplication
@@ -69,7 +70,7 @@ class Instrumentation(AbstractContextManager["Instrumentation"]):
         self._ledger.flush()
 
 
-class Ledger(IntegrityMixin, PrivacyMixin):
+class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin):
     """An open ledger. Create one with :func:`dspy_ledger.open`."""
 
     def __init__(
@@ -83,6 +84,7 @@ class Ledger(IntegrityMixin, PrivacyMixin):
         otel: bool | telemetry.TelemetrySettings | None = None,
         master_key: MasterKeyInput | None = None,
         redactors: Redactors | None = None,
+        enforce: bool = False,
     ) -> None:
         if durability not in ("sync", "async"):
             msg = f"durability must be 'sync' or 'async', not {durability!r}."
@@ -105,6 +107,8 @@ class Ledger(IntegrityMixin, PrivacyMixin):
         self._closed = False
         self._lock = threading.Lock()
         atexit.register(self._close_at_exit)
+        if enforce:  # refuse LM calls the governance rules forbid (docs/governance.md)
+            self.enforce()
 
     # -- recording -------------------------------------------------------------------
 
@@ -204,6 +208,7 @@ class Ledger(IntegrityMixin, PrivacyMixin):
         self._closed = True
         atexit.unregister(self._close_at_exit)
         self.uninstrument()
+        self.stop_enforcing()
         try:
             self._writer.close(timeout)
         finally:

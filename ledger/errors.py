@@ -10,10 +10,14 @@ Every error the ledger raises on purpose derives from :class:`LedgerError`, so o
     ├── RecordingError          events could not be committed (sync durability, or at close)
     ├── StreamNotFoundError     no stream has the given id
     ├── InvalidInputError       a value given by the user is malformed
-    └── PrivacyError            personal data cannot be encrypted, read or forgotten
-        ├── MasterKeyError          no master key, or not the one the keys were wrapped with
-        ├── UnknownSubjectError     no data subject with this id has anything recorded
-        └── SubjectAlreadyForgottenError  the subject was forgotten and nothing new was recorded
+    ├── PrivacyError            personal data cannot be encrypted, read or forgotten
+    │   ├── MasterKeyError          no master key, or not the one the keys were wrapped with
+    │   ├── UnknownSubjectError     no data subject with this id has anything recorded
+    │   └── SubjectAlreadyForgottenError  the subject was forgotten and nothing new was recorded
+    └── GovernanceError         an LM call was refused before it was made
+        ├── PolicyViolation     no policy lets this actor use this model
+        ├── BudgetExceeded      the actor's or program's USD budget is spent
+        └── RateLimited         the actor made too many calls to this model this minute
 
 Every message is one sentence that says what was wrong and what to do.
 """
@@ -83,3 +87,36 @@ class UnknownSubjectError(PrivacyError, KeyError):
 
 class SubjectAlreadyForgottenError(PrivacyError):
     """The subject was already forgotten and nothing was recorded for it since."""
+
+
+class GovernanceError(LedgerError):
+    """An LM call was refused by the ledger's governance before any request was sent.
+
+    ``actor``, ``model`` and ``reason`` (``policy``, ``budget`` or ``rate_limit``) say
+    who was refused what and why; the refusal is recorded as ``ExecutionDenied``.
+    """
+
+    reason = "governance"
+
+    def __init__(self, message: str, *, actor: str, model: str) -> None:
+        super().__init__(message)
+        self.actor = actor
+        self.model = model
+
+
+class PolicyViolation(GovernanceError):  # noqa: N818 - the name users asked for
+    """No policy allows this actor to use this model, or a policy denies it."""
+
+    reason = "policy"
+
+
+class BudgetExceeded(GovernanceError):  # noqa: N818 - the name users asked for
+    """The USD budget of the actor or program for the current day or month is spent."""
+
+    reason = "budget"
+
+
+class RateLimited(GovernanceError):  # noqa: N818 - the name users asked for
+    """The actor has made as many calls to this model this minute as its limit allows."""
+
+    reason = "rate_limit"

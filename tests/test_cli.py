@@ -124,13 +124,17 @@ def test_store_urls_parse_and_mask_passwords() -> None:
 def test_the_public_surface_is_deliberate() -> None:
     assert sorted(dspy_ledger.__all__) == sorted(
         [
+            "BudgetExceeded",
             "Durability",
+            "GovernanceError",
             "Instrumentation",
             "InvalidInputError",
             "Ledger",
             "LedgerError",
             "LedgerNotFoundError",
             "LedgerStats",
+            "PolicyViolation",
+            "RateLimited",
             "RecordedEvent",
             "RecordingError",
             "StorageURLError",

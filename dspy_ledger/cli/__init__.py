@@ -37,6 +37,9 @@ _register_integrity(app)
 from dspy_ledger.cli.privacy_commands import register as _register_privacy  # noqa: E402
 
 _register_privacy(app)
+from dspy_ledger.cli.governance_commands import register as _register_governance  # noqa: E402
+
+_register_governance(app)
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """How the command line reports failure: one sentence, a distinct exit code.
 
 Exit codes: 0 success; 1 the ledger could not record or verify what was asked;
-2 bad input (usage, ids, URLs, an unknown or already forgotten data subject); 3 the
-store is unavailable or does not exist; 4 the master key is missing or wrong;
-130 interrupted.
+2 bad input (usage, ids, URLs, malformed patterns, negative budgets, an unknown or
+already forgotten data subject); 3 the store is unavailable or does not exist; 4 the
+master key is missing or wrong; 5 an LM call was refused by governance; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import click
 import typer
 
 from ledger.errors import (
+    GovernanceError,
     InvalidInputError,
     LedgerError,
     MasterKeyError,
@@ -34,6 +35,7 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_STORE = 3
 EXIT_MASTER_KEY = 4
+EXIT_REFUSED = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -60,6 +62,8 @@ def exit_code_for(error: LedgerError) -> int:
         ),
     ):
         return EXIT_BAD_INPUT
+    if isinstance(error, GovernanceError):
+        return EXIT_REFUSED
     return EXIT_FAILED
 
 

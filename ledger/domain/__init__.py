@@ -6,6 +6,7 @@ Event class names are a public contract (see docs/events.md): they are never ren
 from ledger.domain.base import LedgerAggregate, LedgerEvent
 from ledger.domain.dataset import Dataset
 from ledger.domain.evaluation import Evaluation
+from ledger.domain.governance import ExecutionDenial, GovernanceRules
 from ledger.domain.optimization import OptimizationRun
 from ledger.domain.prediction import Prediction
 from ledger.domain.price import PriceTable
@@ -16,6 +17,8 @@ __all__ = [
     "DataSubject",
     "Dataset",
     "Evaluation",
+    "ExecutionDenial",
+    "GovernanceRules",
     "LedgerAggregate",
     "LedgerEvent",
     "OptimizationRun",

@@ -1,0 +1,1 @@
+"""Governance on the write side: rules folded from events, shared counters, enforcement."""
