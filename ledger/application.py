@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -55,9 +56,10 @@ class LedgerApplication(Application[UUID]):
                 msg = f"Cannot create the folder for the ledger at {store.masked}: {error}."
                 raise StoreUnavailableError(msg) from error
         try:
-            if store.backend == "postgres" and store.schema and create:
-                ensure_postgres_schema(store)
-            super().__init__(env)
+            with postgres_setup_lock(store) if store.backend == "postgres" else nullcontext():
+                if store.backend == "postgres" and store.schema and create:
+                    ensure_postgres_schema(store)
+                super().__init__(env)
         except (EventSourcingError, OSError, Exception) as error:
             raise store_error(store, error) from error
         # Subject keys live beside the events; the mapper encrypts personal fields with them.
@@ -149,6 +151,23 @@ def postgres_connection(store: StoreURL) -> psycopg.Connection[Any]:
         connect_timeout=5,
         autocommit=True,
     )
+
+
+@contextmanager
+def postgres_setup_lock(store: StoreURL) -> Iterator[None]:
+    """Hold a server-wide advisory lock while this process creates or checks the tables.
+
+    The event store re-runs its ``CREATE ... IF NOT EXISTS`` and ``CREATE OR REPLACE
+    FUNCTION`` statements on every open; two processes doing so at the same moment can
+    fail with "tuple concurrently updated". Taking turns costs one short connection.
+    """
+    with postgres_connection(store) as connection:
+        key = f"dspy-ledger setup {store.schema or 'public'}"
+        connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        try:
+            yield
+        finally:
+            connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
 
 def ensure_postgres_schema(store: StoreURL) -> None:

@@ -17,27 +17,10 @@ import dspy_ledger
 from dspy_ledger.simulated_model import register_simulated_prices
 
 
-def open_with_retry(url: str) -> dspy_ledger.Ledger:
-    """Open the ledger, retrying a catalog race of processes opening it at the same moment.
-
-    Every open re-runs the store library's ``CREATE OR REPLACE FUNCTION`` on PostgreSQL,
-    which the server can refuse with "tuple concurrently updated" when processes open
-    together; that race is about opening, not about budgets, so it is retried here.
-    """
-    for attempt in range(5):
-        try:
-            return dspy_ledger.open(url, actor="shared", enforce=True)
-        except dspy_ledger.StoreUnavailableError as error:
-            if "concurrently" not in str(error) or attempt == 4:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
 def main(url: str, api_base: str, start_at: float) -> None:
     """Spend until refused, starting at ``start_at`` (a time.time()) with the others."""
     register_simulated_prices(include_litellm=False)
-    ledger = open_with_retry(url)
+    ledger = dspy_ledger.open(url, actor="shared", enforce=True)
     ledger.instrument()
     lm = dspy.LM(
         "openai/sim-qa-small", api_base=api_base, api_key="sk-test", cache=False, num_retries=0

@@ -288,3 +288,29 @@ def test_export_lines_have_the_documented_fields(sqlite_url: str) -> None:
         "data",
     }
     assert lines[1]["type"] == "PredictionStarted" and lines[1]["actor"] == "exporter"
+
+
+OPEN_AND_RECORD = """
+import sys, dspy, dspy_ledger
+from dspy.utils.dummies import DummyLM
+ledger = dspy_ledger.open(sys.argv[1], actor=sys.argv[2])
+with ledger.instrument(), dspy.context(lm=DummyLM([{"answer": sys.argv[2]}])):
+    dspy.Predict("question -> answer")(question="who?")
+ledger.close()
+"""
+
+
+def test_many_processes_can_open_one_new_postgres_ledger_at_once(postgres_url: str) -> None:
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AND_RECORD, postgres_url, f"process-{n}"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(6)
+    ]
+    failures = [p.communicate(timeout=120)[1] for p in processes if p.wait(timeout=120) != 0]
+    assert failures == []
+    with dspy_ledger.open(postgres_url) as ledger:
+        completed = [e for e in ledger.events() if e.type == "PredictionCompleted"]
+    assert sorted(e.actor for e in completed) == [f"process-{n}" for n in range(6)]
