@@ -22,6 +22,7 @@ from commands.payloads import DEFAULT_MAX_STRING_BYTES
 from commands.recorder import LedgerRecorder
 from commands.writer import AsyncWriter, SyncWriter
 from dspy_ledger.integrity import IntegrityMixin
+from dspy_ledger.replay import ReplayMixin
 from ledger.application import LedgerApplication
 from ledger.domain import Prediction
 from ledger.errors import InvalidInputError, RecordingError, StreamNotFoundError
@@ -62,7 +63,7 @@ class Instrumentation(AbstractContextManager["Instrumentation"]):
         self._ledger.flush()
 
 
-class Ledger(IntegrityMixin):
+class Ledger(IntegrityMixin, ReplayMixin):
     """An open ledger. Create one with :func:`dspy_ledger.open`."""
 
     def __init__(

@@ -10,6 +10,7 @@ from ledger.domain.optimization import OptimizationRun
 from ledger.domain.prediction import Prediction
 from ledger.domain.price import PriceTable
 from ledger.domain.program_version import ProgramVersion
+from ledger.domain.replay import Replay
 
 __all__ = [
     "Dataset",
@@ -20,4 +21,5 @@ __all__ = [
     "Prediction",
     "PriceTable",
     "ProgramVersion",
+    "Replay",
 ]
