@@ -6,7 +6,7 @@ The work is done in :mod:`commands.replay`; see docs/replay.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from commands import scope
@@ -68,8 +68,8 @@ class ReplayMixin:
             program=program,
             selection=Selection(
                 prediction_ids=tuple(str(i) for i in prediction_ids),
-                since=since,
-                until=until,
+                since=_aware(since),
+                until=_aware(until),
                 actor=actor,
                 version=version,
                 context=context,
@@ -94,3 +94,10 @@ class ReplayMixin:
         finally:
             if not was_instrumented:
                 self.uninstrument()
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """Recorded times are UTC; a time given without a zone is taken as UTC too."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)

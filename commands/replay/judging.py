@@ -50,6 +50,9 @@ def judge(recorded: RecordedPrediction, outcome: Outcome) -> PredictionResult:
             result.error = f"{after[0]}: {after[1]}"
     if result.divergence is not None:
         result.verdict = "different"
+        if outcome.error is not None:
+            # The divergence is the difference; the error it raised only repeats it.
+            result.diff, result.error = [], None
     elif outcome.error is not None and result.diff:
         result.verdict = "failed"
     elif result.diff:

@@ -49,7 +49,11 @@ class RecordedVersion:
 
 @dataclass(frozen=True)
 class Selection:
-    """The filters that choose predictions (all optional; ids win over filters)."""
+    """The filters that choose predictions (all optional; ids win over filters).
+
+    ``context=None`` chooses every context except earlier replays (``replay:<id>``);
+    name a replay's context to replay what it made.
+    """
 
     prediction_ids: tuple[str, ...] = ()
     since: datetime | None = None
@@ -73,6 +77,8 @@ class Selection:
         """True if a ``PredictionStarted`` event passes the filters."""
         if started.program_name.startswith("lm:"):
             return False  # a bare LM call has no program to re-run
+        if self.context is None and started.context.startswith("replay:"):
+            return False  # "any context" means any recorded work, not earlier replays
         if self.context is not None and started.context != self.context:
             return False
         if self.actor is not None and started.actor != self.actor:

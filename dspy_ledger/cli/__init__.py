@@ -34,6 +34,10 @@ from dspy_ledger.cli.integrity_commands import register as _register_integrity  
 
 _register_integrity(app)
 
+from dspy_ledger.cli.replay_command import replay as _replay  # noqa: E402
+
+app.command()(_replay)
+
 
 def main() -> None:
     """Entry point of the ``dspy-ledger`` script."""
