@@ -2,8 +2,9 @@
 
 Each prediction runs in a context of its own (``contextvars``), holding its recorded
 answers (:data:`~commands.replay.recorded_lm.current_record`) and a slot in which
-:class:`TopLevelProbe` notes the DSPy call id of the program call, which is how the
-replay's own recorded prediction is found afterwards.
+:class:`TopLevelProbe` (an instance callback of the program object, so DSPy calls it for
+the program call only) notes the DSPy call id of that call, which is how the replay's
+own recorded prediction is found afterwards.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class TopLevelProbe(BaseCallback):  # type: ignore[misc]
         slot = _probe_slot.get()
         if slot is not None and "call_id" not in slot and ACTIVE_CALL_ID.get() is None:
             slot["call_id"] = call_id
+
+
+def attach_probe(program: Any) -> None:
+    """Watch the program's own calls (only its top-level calls: cheap, nothing nested)."""
+    callbacks = list(getattr(program, "callbacks", None) or [])
+    if not any(isinstance(c, TopLevelProbe) for c in callbacks):
+        program.callbacks = [*callbacks, TopLevelProbe()]
 
 
 @dataclass

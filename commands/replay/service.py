@@ -24,7 +24,7 @@ from commands.replay.planning import ProgramBuilder, ReplayOptions, live_lm, met
 from commands.replay.programs import ProgramLoadError
 from commands.replay.recorded_lm import RecordedAnswersLM, recorded_calls
 from commands.replay.report import ModelTotals, PredictionResult, ReplayReport, summarize
-from commands.replay.runner import Job, Outcome, TopLevelProbe, is_async_program, run_jobs
+from commands.replay.runner import Job, Outcome, is_async_program, run_jobs
 from commands.replay.selection import RecordedPrediction, load_prediction, select_predictions
 from ledger.application import LedgerApplication
 from ledger.domain import Replay
@@ -79,8 +79,7 @@ def _run(jobs: list[Job], options: ReplayOptions, context: str, tick: Callable[[
     asynchronous = options.asynchronous
     if asynchronous is None:
         asynchronous = bool(jobs) and is_async_program(jobs[0].program)
-    callbacks = [*(dspy.settings.get("callbacks") or []), TopLevelProbe()]
-    overrides: dict[str, Any] = {"callbacks": callbacks}
+    overrides: dict[str, Any] = {}
     if lm is not None:
         overrides["lm"] = lm
     with ExitStack() as stack:
