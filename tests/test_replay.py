@@ -166,6 +166,31 @@ def test_live_replay_against_a_second_model_reports_differences_and_costs(
     assert report.totals.metric_after >= report.totals.metric_before
 
 
+def test_live_replay_of_the_baseline_on_the_compiled_version_scores_like_its_evaluation(
+    demo_ledger: dspy_ledger.Ledger,
+) -> None:
+    evaluations = only(list(demo_ledger.events()), "EvaluationCompleted")
+    baseline, compiled = evaluations[0], evaluations[-1]
+    register_simulated_prices(include_litellm=False)
+    with SimulatedModelServer() as server:
+        lm = dspy.LM("openai/sim-qa-small", api_base=server.api_base, api_key="sk-sim", cache=False)
+        report = demo_ledger.replay(
+            DEMO,
+            version=baseline["program_version_id"],
+            context=None,
+            lm=lm,
+            program_version=compiled["program_version_id"],
+            metric="dspy_ledger.demo:exact_match",
+            threads=2,
+        )
+    # The devset's labels come from the recorded dataset; the counterfactual (the
+    # compiled version on the baseline's traffic) scores what the compiled program did.
+    assert report.totals.predictions == len(baseline["results"]) == 20
+    assert report.totals.metric_before == pytest.approx(baseline["score"] / 100)
+    assert report.totals.metric_after == pytest.approx(compiled["score"] / 100)
+    assert report.totals.metric_after > report.totals.metric_before
+
+
 def test_threaded_recorded_replay_matches_each_prediction_to_its_own_record(
     demo_ledger: dspy_ledger.Ledger,
 ) -> None:
@@ -217,8 +242,14 @@ def test_an_async_program_is_replayed_through_acall(tmp_path: Path) -> None:
             asyncio.run(program.acall(question="Capital of Japan?"))
             asyncio.run(program.acall(question="Capital of France?"))
         ledger.flush()
-        report = ledger.replay("tests.replay_programs:AsyncQA", threads=2)
-    assert report.totals.identical == 2
+        # No --program: the recorded module path (the class) still imports.
+        report = ledger.replay(threads=2)
+
+        async def from_a_running_loop() -> ReplayReport:
+            return ledger.replay("tests.replay_programs:AsyncQA")
+
+        inside_a_loop = asyncio.run(from_a_running_loop())
+    assert report.totals.identical == 2 == inside_a_loop.totals.identical
     assert sorted(str((r.replayed_outputs or {}).get("answer")) for r in report.results) == [
         "Paris",
         "Tokyo",
@@ -262,11 +293,19 @@ def test_a_program_that_cannot_be_built_stops_the_replay_with_one_sentence(
     assert not [e for e in demo_ledger.events() if e.type == "ReplayStarted"]
 
 
-def test_recorded_replay_refuses_a_live_lm(demo_ledger: dspy_ledger.Ledger) -> None:
-    from commands.replay import ReplayOptions
-
-    with pytest.raises(InvalidInputError, match="answers from the record"):
-        ReplayOptions(mode="recorded", lm="openai/x").check()
+@pytest.mark.parametrize(
+    ("options", "phrase"),
+    [
+        ({"version": "v1"}, "is not a program version id"),
+        ({"program_version": "nope"}, "must be recorded, current or a version id"),
+        ({"threads": 0}, "threads must be between 1 and 256"),
+    ],
+)
+def test_malformed_options_stop_the_replay_before_it_starts(
+    demo_ledger: dspy_ledger.Ledger, options: dict[str, Any], phrase: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=phrase):
+        demo_ledger.replay(DEMO, **options)
     assert only(list(demo_ledger.events()), "ReplayStarted") == []
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from uuid import UUID
 
@@ -60,6 +60,17 @@ class ReplayOptions:
         if not 1 <= self.threads <= 256:
             msg = f"threads must be between 1 and 256, not {self.threads}."
             raise InvalidInputError(msg)
+        chosen = self.selection
+        if chosen.since and chosen.until and chosen.since > chosen.until:
+            msg = f"--since ({chosen.since.isoformat()}) is after --until; nothing to replay."
+            raise InvalidInputError(msg)
+        if chosen.version is not None:
+            try:
+                version = str(UUID(chosen.version.strip()))
+            except ValueError:
+                msg = f"--version {chosen.version!r} is not a program version id (a UUID)."
+                raise InvalidInputError(msg) from None
+            self.selection = replace(chosen, version=version)
 
     def lm_name(self) -> str | None:
         """The live LM's model name, for the record."""

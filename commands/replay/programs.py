@@ -52,7 +52,10 @@ def build_program(factory: Callable[[], Any], path: str) -> Any:
     try:
         program = factory()
     except Exception as error:
-        msg = f"The program factory {path!r} raised {type(error).__name__}: {error}."
+        msg = (
+            f"The program factory {path!r} raised {type(error).__name__}: {error}; point "
+            "--program at a function that builds the program with no arguments."
+        )
         raise ProgramLoadError(msg) from None
     if not isinstance(program, dspy.Module):
         msg = (

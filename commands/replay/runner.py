@@ -138,7 +138,7 @@ def run_jobs(
 ) -> list[Outcome]:
     """Run every job, ``threads`` at a time, calling ``done`` as each one finishes."""
     if asynchronous:
-        return asyncio.run(_run_tasks(jobs, threads, done))
+        return _run_loop(jobs, threads, done)
     if threads <= 1:
         outcomes = []
         for job in jobs:
@@ -156,6 +156,22 @@ def run_jobs(
             done(outcome)
             outcomes.append(outcome)
     return outcomes
+
+
+def _run_loop(jobs: list[Job], threads: int, done: Callable[[Outcome], None]) -> list[Outcome]:
+    """Run the jobs as asyncio tasks on a loop of their own.
+
+    Called from inside a running loop (a notebook, an async app), the replay's loop runs
+    in a worker thread, in a copy of the caller's context.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_run_tasks(jobs, threads, done))
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dspy-ledger-replay") as pool:
+        future = pool.submit(context.run, asyncio.run, _run_tasks(jobs, threads, done))
+        return future.result()
 
 
 async def _run_tasks(
