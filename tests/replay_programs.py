@@ -55,3 +55,17 @@ class AsyncQA(dspy.Module):  # type: ignore[misc]
     async def aforward(self, question: str) -> dspy.Prediction:
         """Answer through the async path."""
         return await self.answer.acall(question=question)
+
+
+class ParallelQA(dspy.Module):  # type: ignore[misc]
+    """A program that answers several questions in DSPy's own worker threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = dspy.Predict("question -> answer")
+
+    def forward(self, questions: list[str]) -> dspy.Prediction:
+        """Answer every question with ``dspy.Parallel``."""
+        parallel = dspy.Parallel(num_threads=3, disable_progress_bar=True)
+        results = parallel([(self.answer, {"question": q}) for q in questions])
+        return dspy.Prediction(answers=[result.answer for result in results])

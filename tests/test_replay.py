@@ -256,6 +256,22 @@ def test_an_async_program_is_replayed_through_acall(tmp_path: Path) -> None:
     ]
 
 
+def test_calls_made_in_dspy_parallel_threads_are_matched_by_content(tmp_path: Path) -> None:
+    answers = {f"Capital of {c}?": {"answer": capital} for c, capital in [
+        ("France", "Paris"), ("Japan", "Tokyo"), ("Peru", "Lima"), ("Chad", "N'Djamena"),
+    ]}  # fmt: skip
+    with dspy_ledger.open(f"sqlite:///{tmp_path}/l.db") as ledger:
+        ledger.instrument()
+        with dspy.context(lm=DummyLM(answers)):
+            replay_programs.ParallelQA()(questions=list(answers))
+        ledger.flush()
+        report = ledger.replay(threads=2)  # the recorded module path, a class
+    assert report.totals.identical == 1
+    assert report.results[0].replayed_outputs == {
+        "answers": ["Paris", "Tokyo", "Lima", "N'Djamena"]
+    }
+
+
 def test_bad_input_is_reported_per_prediction_and_the_rest_continues(
     demo_ledger: dspy_ledger.Ledger,
 ) -> None:

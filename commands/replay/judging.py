@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from commands.handlers import error_message
 from commands.replay.diffing import failure_diff, output_diff
 from commands.replay.report import ModelTotals, PredictionResult
 from commands.replay.runner import Outcome
-from commands.replay.selection import RecordedPrediction
+from commands.replay.selection import RecordedPrediction, fold_predictions
 from ledger.application import LedgerApplication
-from ledger.domain import Prediction
 from ledger.hashing import digest
 from ledger.reading import plain
 
@@ -76,43 +74,18 @@ def score(metric: Any, example: Any, prediction: Any) -> float:
     return float(value)
 
 
-@dataclass
-class ReplayedRecord:
-    """What the ledger recorded for one prediction the replay made."""
-
-    prediction_id: str
-    call_id: str | None = None
-    latency_ms: float | None = None
-    calls: list[dict[str, Any]] = field(default_factory=list)
-
-
-def replayed_records(app: LedgerApplication, start: int, context: str) -> dict[str, ReplayedRecord]:
+def replayed_records(
+    app: LedgerApplication, start: int, context: str
+) -> dict[str, RecordedPrediction]:
     """The replay's own recorded predictions, by the DSPy call id of their program call."""
-    by_stream: dict[str, ReplayedRecord] = {}
-    for notification in app.notifications(start=start):
-        if ":Prediction." not in notification.topic:
-            continue
-        event = app.decode(notification)
-        stream = str(event.originator_id)
-        if isinstance(event, Prediction.PredictionStarted):
-            if event.context == context:
-                by_stream[stream] = ReplayedRecord(prediction_id=stream)
-            continue
-        record = by_stream.get(stream)
-        if record is None:
-            continue
-        if isinstance(event, Prediction.ModelExecuted):
-            record.calls.append(plain(vars(event)))
-        elif isinstance(event, (Prediction.PredictionCompleted, Prediction.PredictionFailed)):
-            record.call_id = str(event.call_tree.get("call_id"))
-            record.latency_ms = event.latency_ms
-    return {r.call_id: r for r in by_stream.values() if r.call_id is not None}
+    made = fold_predictions(app, lambda started: started.context == context, start=start)
+    return {str(p.call_tree.get("call_id")): p for p in made if p.call_tree}
 
 
 def add_costs(
     result: PredictionResult,
     recorded: RecordedPrediction,
-    replayed: ReplayedRecord | None,
+    replayed: RecordedPrediction | None,
     by_model: dict[str, ModelTotals],
 ) -> None:
     """Fill in the replay's prediction id, cost and latency, and the per-model totals."""
@@ -123,11 +96,11 @@ def add_costs(
         totals.latency_before_ms += float(call.get("latency_ms") or 0.0)
     if replayed is None:
         return
-    result.replay_prediction_id = replayed.prediction_id
+    result.replay_prediction_id = str(replayed.prediction_id)
     result.latency_after_ms = replayed.latency_ms
-    result.cost_after_usd = sum(float(c.get("cost_usd") or 0.0) for c in replayed.calls)
-    result.models_after = sorted({str(c.get("model")) for c in replayed.calls})
-    for call in replayed.calls:
+    result.cost_after_usd = replayed.cost_usd
+    result.models_after = sorted({str(c.get("model")) for c in replayed.model_calls})
+    for call in replayed.model_calls:
         totals = by_model.setdefault(str(call["model"]), ModelTotals(model=str(call["model"])))
         totals.calls_after += 1
         totals.cost_after_usd += float(call.get("cost_usd") or 0.0)

@@ -18,7 +18,6 @@ import difflib
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,10 +89,18 @@ class RecordedCalls:
         return self.recorded_messages[min(index, len(self.recorded_messages) - 1)]
 
 
-#: The recorded calls of the prediction being replayed in this thread or task.
-current_record: ContextVar[RecordedCalls | None] = ContextVar(
-    "dspy_ledger_replay_record", default=None
-)
+#: The DSPy setting that holds the recorded calls of the prediction being replayed.
+#: A DSPy setting (not a ContextVar of our own) because DSPy carries its settings into
+#: the worker threads of ``dspy.Parallel`` and friends inside the program.
+RECORD_SETTING = "dspy_ledger_replay_record"
+
+
+def active_record() -> RecordedCalls | None:
+    """The recorded calls of the prediction being replayed here, if any."""
+    import dspy
+
+    record = dspy.settings.get(RECORD_SETTING)
+    return record if isinstance(record, RecordedCalls) else None
 
 
 def _text(content: Any) -> str:
@@ -219,7 +226,7 @@ class RecordedEngine:
 
     def complete(self, request: Any) -> Response:
         """Answer from the record of the prediction being replayed here."""
-        record = current_record.get()
+        record = active_record()
         if record is None:
             msg = "The replay LM was called outside a replayed prediction; it has no record."
             raise ReplayDivergenceError(msg)
@@ -256,7 +263,7 @@ class RecordedAnswersLM(BaseLM):  # type: ignore[misc]
     """A ``dspy.BaseLM`` that answers from the record and never reaches a network.
 
     It serves whichever prediction is being replayed in the current thread or task
-    (:data:`current_record`), so one instance serves a whole threaded replay.
+    (:func:`active_record`), so one instance serves a whole threaded replay.
     """
 
     def __init__(self) -> None:

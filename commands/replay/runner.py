@@ -1,7 +1,8 @@
 """Running recorded inputs through a program: in threads, or as asyncio tasks.
 
 Each prediction runs in a context of its own (``contextvars``), holding its recorded
-answers (:data:`~commands.replay.recorded_lm.current_record`) and a slot in which
+answers (a DSPy setting, see :func:`~commands.replay.recorded_lm.active_record`) and a
+slot in which
 :class:`TopLevelProbe` (an instance callback of the program object, so DSPy calls it for
 the program call only) notes the DSPy call id of that call, which is how the replay's
 own recorded prediction is found afterwards.
@@ -10,6 +11,7 @@ own recorded prediction is found afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from dspy.utils.callback import BaseCallback
 from dspy.utils.callback_context import ACTIVE_CALL_ID
 
 from commands.payloads import to_json
-from commands.replay.recorded_lm import RecordedCalls, current_record
+from commands.replay.recorded_lm import RECORD_SETTING, RecordedCalls
 
 _probe_slot: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "dspy_ledger_replay_probe", default=None
@@ -91,14 +93,22 @@ def _finish(
     return outcome
 
 
+def _settings(job: Job) -> Any:
+    import dspy
+
+    if job.record is None:
+        return contextlib.nullcontext()
+    return dspy.context(**{RECORD_SETTING: job.record})
+
+
 def run_sync(job: Job) -> Outcome:
     """Run one job in the calling thread (in the context it was given)."""
     slot: dict[str, Any] = {}
     _probe_slot.set(slot)
-    current_record.set(job.record)
     args, kwargs = call_arguments(job.inputs)
     try:
-        prediction = job.program(*args, **kwargs)
+        with _settings(job):
+            prediction = job.program(*args, **kwargs)
     except Exception as error:
         return _finish(job, slot, None, error)
     return _finish(job, slot, prediction, None)
@@ -108,10 +118,10 @@ async def run_async(job: Job) -> Outcome:
     """Run one job with the program's ``acall`` (in the task's own context)."""
     slot: dict[str, Any] = {}
     _probe_slot.set(slot)
-    current_record.set(job.record)
     args, kwargs = call_arguments(job.inputs)
     try:
-        prediction = await job.program.acall(*args, **kwargs)
+        with _settings(job):
+            prediction = await job.program.acall(*args, **kwargs)
     except Exception as error:
         return _finish(job, slot, None, error)
     return _finish(job, slot, prediction, None)

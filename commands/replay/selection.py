@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -90,12 +91,8 @@ class Selection:
         return self.until is None or started.timestamp <= self.until
 
 
-def recorded_prediction(events: list[Any]) -> RecordedPrediction | None:
-    """Fold one Prediction stream's events into a RecordedPrediction (None if not one)."""
-    if not events or not isinstance(events[0], Prediction.PredictionStarted):
-        return None
-    started = events[0]
-    out = RecordedPrediction(
+def _started(started: Any) -> RecordedPrediction:
+    return RecordedPrediction(
         prediction_id=started.originator_id,
         program_name=started.program_name,
         program_version_id=started.program_version_id,
@@ -104,20 +101,52 @@ def recorded_prediction(events: list[Any]) -> RecordedPrediction | None:
         actor=started.actor,
         timestamp=started.timestamp,
     )
+
+
+def _apply(out: RecordedPrediction, event: Any) -> None:
+    if isinstance(event, Prediction.ModelExecuted):
+        out.model_calls.append(plain(vars(event)))
+    elif isinstance(event, Prediction.PredictionCompleted):
+        out.status, out.outputs = "completed", plain(event.outputs)
+        out.call_tree, out.latency_ms = plain(event.call_tree), event.latency_ms
+    elif isinstance(event, Prediction.PredictionFailed):
+        out.status = "failed"
+        out.error_type, out.error_message = event.error_type, event.message
+        out.call_tree, out.latency_ms = plain(event.call_tree), event.latency_ms
+
+
+def recorded_prediction(events: list[Any]) -> RecordedPrediction | None:
+    """Fold one Prediction stream's events into a RecordedPrediction (None if not one)."""
+    if not events or not isinstance(events[0], Prediction.PredictionStarted):
+        return None
+    out = _started(events[0])
     for event in events[1:]:
-        if isinstance(event, Prediction.ModelExecuted):
-            out.model_calls.append(plain(vars(event)))
-        elif isinstance(event, Prediction.PredictionCompleted):
-            out.status, out.outputs = "completed", plain(event.outputs)
-            out.call_tree, out.latency_ms = plain(event.call_tree), event.latency_ms
-        elif isinstance(event, Prediction.PredictionFailed):
-            out.status, out.error_type, out.error_message = (
-                "failed",
-                event.error_type,
-                event.message,
-            )
-            out.call_tree, out.latency_ms = plain(event.call_tree), event.latency_ms
+        _apply(out, event)
     return out
+
+
+def fold_predictions(
+    app: LedgerApplication, accept: Callable[[Any], bool], *, start: int = 1
+) -> list[RecordedPrediction]:
+    """Every prediction whose ``PredictionStarted`` (from position ``start``) is accepted.
+
+    One pass over the log: a stream's first event precedes its others, so only the
+    events of accepted streams are decoded.
+    """
+    found: dict[UUID | str, RecordedPrediction] = {}
+    for notification in app.notifications(start=start):
+        topic = notification.topic
+        if ":Prediction." not in topic:
+            continue
+        if topic.endswith(".PredictionStarted"):
+            started = app.decode(notification)
+            if accept(started):
+                found[notification.originator_id] = _started(started)
+            continue
+        prediction = found.get(notification.originator_id)
+        if prediction is not None:
+            _apply(prediction, app.decode(notification))
+    return list(found.values())
 
 
 def load_prediction(app: LedgerApplication, prediction_id: UUID) -> RecordedPrediction | None:
@@ -127,19 +156,8 @@ def load_prediction(app: LedgerApplication, prediction_id: UUID) -> RecordedPred
 
 def select_predictions(app: LedgerApplication, selection: Selection) -> list[RecordedPrediction]:
     """The recorded, finished predictions the filters choose, oldest first."""
-    chosen: list[UUID] = []
-    for notification in app.notifications():
-        if not notification.topic.endswith("Prediction.PredictionStarted"):
-            continue
-        started = app.decode(notification)
-        if selection.matches(started):
-            chosen.append(started.originator_id)
-    out = []
-    for prediction_id in chosen:
-        prediction = load_prediction(app, prediction_id)
-        if prediction is not None and prediction.status != "started":
-            out.append(prediction)
-    return out
+    chosen = fold_predictions(app, selection.matches)
+    return [prediction for prediction in chosen if prediction.status != "started"]
 
 
 def load_version(app: LedgerApplication, version_id: UUID) -> RecordedVersion | None:

@@ -11,7 +11,6 @@ from uuid import UUID
 
 from commands import scope
 from commands.replay.judging import (
-    ReplayedRecord,
     add_costs,
     example_for,
     failed_result,
@@ -168,7 +167,7 @@ def run_replay(
             continue
         outcome = outcomes[index]
         result = judge(recorded, outcome)
-        record: ReplayedRecord | None = replayed.get(outcome.call_id or "")
+        record = replayed.get(outcome.call_id or "")
         add_costs(result, recorded, record, by_model)
         if metric is not None:
             _score(result, recorded, outcome, metric, labels)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from commands.payloads import to_json
-from commands.replay.recorded_lm import current_record, recorded_error
+from commands.replay.recorded_lm import active_record, recorded_error
 
 
 def program_tools(program: Any) -> Iterator[Any]:
@@ -39,7 +39,7 @@ def program_tools(program: Any) -> Iterator[Any]:
 
 def _stand_in(name: str) -> Callable[..., Any]:
     def recorded_tool(**kwargs: Any) -> Any:
-        record = current_record.get()
+        record = active_record()
         if record is None:
             msg = f"Tool {name} ran outside a replayed prediction; the record has no result."
             raise RuntimeError(msg)
