@@ -70,6 +70,10 @@ def test_recorded_replay_of_the_demo_is_identical_and_recorded(ledger_url: str) 
         production = _production(ledger)
         report = ledger.replay(DEMO)
         events = _replay_events(ledger, report)
+        failed = [r for r in report.results if r.recorded_status == "failed"]
+        assert len(failed) == 1 and "Simulated server error" in str(failed[0].error)
+        # The failure was replayed from the record, and recorded as a failure again.
+        assert ledger.stream(str(failed[0].replay_prediction_id))[-1].type == "PredictionFailed"
         replayed = {
             e.stream_id: e.data
             for e in ledger.events()
@@ -78,8 +82,6 @@ def test_recorded_replay_of_the_demo_is_identical_and_recorded(ledger_url: str) 
     assert report.totals.predictions == len(production) == PRODUCTION
     assert report.totals.exact_match_rate == 1.0
     assert {r.verdict for r in report.results} == {"identical"}
-    failed = [r for r in report.results if r.recorded_status == "failed"]
-    assert len(failed) == 1 and "Simulated server error" in str(failed[0].error)
     assert [e.type for e in events] == [
         "ReplayStarted",
         *["PredictionReplayed"] * PRODUCTION,
