@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from commands.replay import ReplayReport
 from dspy_ledger.cli.options import DbOption, JsonOption
@@ -41,6 +41,9 @@ def _time(value: str | None, option: str) -> datetime | None:
 
 def _live_lm(model: str | None, api_base: str | None) -> Any:
     if model is None:
+        if api_base is not None:
+            msg = "--lm-api-base needs --lm MODEL: the model to reach at that URL."
+            raise InvalidInputError(msg)
         return None
     import dspy
 
@@ -106,6 +109,8 @@ def replay(  # noqa: PLR0917 - typer reads options from parameters
     """Replay recorded predictions from the record, or live, and report the differences."""
     # A replayed failure is reported below; DSPy's own log lines would only repeat it.
     logging.getLogger("dspy").setLevel(logging.CRITICAL)
+    window = (_time(since, "--since"), _time(until, "--until"))
+    live = _live_lm(lm, lm_api_base)
     ledger = Ledger(db, create=False)
     try:
         with (
@@ -123,13 +128,13 @@ def replay(  # noqa: PLR0917 - typer reads options from parameters
             report = ledger.replay(
                 program,
                 prediction_ids=prediction or (),
-                since=_time(since, "--since"),
-                until=_time(until, "--until"),
+                since=window[0],
+                until=window[1],
                 actor=actor,
                 version=version,
                 context=None if context == "any" else context,
                 recorded=recorded,
-                lm=_live_lm(lm, lm_api_base),
+                lm=live,
                 program_version=program_version,
                 metric=metric,
                 threads=threads,
@@ -172,7 +177,9 @@ def _print(report: ReplayReport) -> None:
         before = "n/a" if totals.metric_before is None else f"{totals.metric_before:.3f}"
         after = "n/a" if totals.metric_after is None else f"{totals.metric_after:.3f}"
         out.print(f"  metric {report.metric}: {before} -> {after} ({totals.metric_errors} errors)")
-    table = Table("model", "calls", "cost before", "cost after", "latency before", "after")
+    table = Table("calls", "cost before", "cost after", "latency before", "after")
+    width = max([len(model.model) for model in totals.by_model] or [5])
+    table.columns.insert(0, Column("model", no_wrap=True, min_width=width))
     for model in totals.by_model:
         table.add_row(
             model.model,
