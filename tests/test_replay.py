@@ -194,15 +194,19 @@ def test_live_replay_of_the_baseline_on_the_compiled_version_scores_like_its_eva
 
 
 def test_threaded_recorded_replay_matches_each_prediction_to_its_own_record(
-    demo_ledger: dspy_ledger.Ledger,
+    ledger_url: str,
 ) -> None:
-    report = demo_ledger.replay(DEMO, threads=4, context=None)
+    _record_demo(ledger_url)
+    with dspy_ledger.open(ledger_url, durability="async") as ledger:
+        report = ledger.replay(DEMO, threads=4, context=None)
+        completed = only(ledger.stream(report.replay_id), "ReplayCompleted")
     # Evaluations, the compile's bootstrapping and production: several versions.
     assert report.totals.predictions == 20 + 20 + PRODUCTION + 5
     assert len({r.program_version_id for r in report.results}) >= 2
     assert report.totals.identical == report.totals.predictions
     replay_ids = [r.replay_prediction_id for r in report.results]
     assert None not in replay_ids and len(set(replay_ids)) == len(replay_ids)
+    assert completed[0]["totals"] == report.totals.model_dump(mode="json")
 
 
 def test_react_tools_are_served_from_the_record(tmp_path: Path) -> None:
