@@ -79,6 +79,13 @@ def test_recorded_replay_of_the_demo_is_identical_and_recorded(ledger_url: str) 
             for e in ledger.events()
             if e.type == "PredictionStarted" and e.data["context"] == f"replay:{report.replay_id}"
         }
+        served = [
+            e.data for e in ledger.events() if e.type == "ModelExecuted" and e.stream_id in replayed
+        ]
+    # The record answered every LM call: no model was reached, no token spent.
+    assert len(served) == PRODUCTION
+    assert {call["model"] for call in served} == {"ledger-replay/recorded"}
+    assert not any(call["usage"].get("prompt_tokens") for call in served)
     assert report.totals.predictions == len(production) == PRODUCTION
     assert report.totals.exact_match_rate == 1.0
     assert {r.verdict for r in report.results} == {"identical"}

@@ -40,7 +40,6 @@ class _Served:
 
     call: dict[str, Any]
     output: Any
-    first: bool
 
 
 @dataclass
@@ -167,8 +166,8 @@ def recorded_calls(model_calls: list[dict[str, Any]], call_tree: dict[str, Any])
         queue = answers.setdefault(messages_key(call.get("messages")), deque())
         outputs = call.get("outputs") if call.get("error") is None else None
         candidates = outputs if isinstance(outputs, list) and outputs else [None]
-        for index, output in enumerate(candidates):
-            queue.append(_Served(call=call, output=output, first=index == 0))
+        for output in candidates:
+            queue.append(_Served(call=call, output=output))
     tool_results: dict[str, deque[dict[str, Any]]] = {}
     for node in _tool_nodes(call_tree):
         key = tool_key(str(node.get("name")), node.get("arguments"))
@@ -202,16 +201,13 @@ def _response(served: _Served) -> Response:
         parts.append(TextPart(str(output.get("text") or "")))
     else:
         parts.append(TextPart("" if output is None else str(output)))
-    usage = call.get("usage") or {} if served.first else {}
     return Response(
         id=None,
         model=str(call.get("response_model") or call.get("model") or RECORDED_MODEL),
         message=Message.assistant(parts),
         finish_reason="stop",
-        usage=Usage(
-            input_tokens=int(usage.get("prompt_tokens") or 0),
-            output_tokens=int(usage.get("completion_tokens") or 0),
-        ),
+        # The record answered: no tokens were spent, so the cost views count none.
+        usage=Usage(input_tokens=0, output_tokens=0),
     )
 
 
