@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import ExitStack
 from typing import Any
 from uuid import UUID
 
@@ -71,19 +70,16 @@ def _jobs(
     return jobs, load_errors
 
 
-def _run(jobs: list[Job], options: ReplayOptions, context: str, tick: Callable[[], None]) -> Any:
+def _run(
+    jobs: list[Job], options: ReplayOptions, lm: Any, context: str, tick: Callable[[], None]
+) -> list[Outcome]:
     import dspy
 
-    lm = RecordedAnswersLM() if options.mode == "recorded" else live_lm(options.lm)
     asynchronous = options.asynchronous
     if asynchronous is None:
         asynchronous = bool(jobs) and is_async_program(jobs[0].program)
-    overrides: dict[str, Any] = {}
-    if lm is not None:
-        overrides["lm"] = lm
-    with ExitStack() as stack:
-        stack.enter_context(dspy.context(**overrides))
-        stack.enter_context(scope.in_context(context))
+    overrides: dict[str, Any] = {} if lm is None else {"lm": lm}
+    with dspy.context(**overrides), scope.in_context(context):
         return run_jobs(
             jobs, threads=options.threads, asynchronous=asynchronous, done=lambda _: tick()
         )
@@ -124,6 +120,7 @@ def run_replay(
     options.check()
     metric, metric_name = metric_callable(options.metric)
     builder = ProgramBuilder(app, options)
+    lm = RecordedAnswersLM() if options.mode == "recorded" else live_lm(options.lm)
     predictions, unknown = _chosen(app, options)
     replay_id = uuid.uuid4()
     context = f"replay:{replay_id}"
@@ -154,7 +151,7 @@ def run_replay(
     jobs, load_errors = _jobs(predictions, builder, options.mode == "recorded")
     for _ in load_errors:
         tick()
-    outcomes = {o.index: o for o in _run(jobs, options, context, tick)} if jobs else {}
+    outcomes = {o.index: o for o in _run(jobs, options, lm, context, tick)} if jobs else {}
     flush()
     replayed = replayed_records(app, first_position, context)
     labels = label_index(app) if metric is not None else {}
