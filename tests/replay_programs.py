@@ -23,6 +23,15 @@ def build_agent() -> dspy.Module:
     return dspy.ReAct("question -> answer", tools=[lookup_capital], max_iters=3)
 
 
+#: One agent for the whole process, as an application often keeps it.
+SHARED_AGENT = dspy.ReAct("question -> answer", tools=[lookup_capital], max_iters=3)
+
+
+def shared_agent() -> dspy.Module:
+    """A factory that hands out the same agent every time (not a fresh one)."""
+    return SHARED_AGENT
+
+
 def build_reworded() -> dspy.Module:
     """The demo's program with different instructions."""
     signature = dspy.Signature("question -> answer", "Answer with a single word.")

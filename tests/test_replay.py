@@ -226,13 +226,16 @@ def test_react_tools_are_served_from_the_record(tmp_path: Path) -> None:
     with dspy_ledger.open(f"sqlite:///{tmp_path}/l.db") as ledger:
         ledger.instrument()
         with dspy.context(lm=DummyLM(answers)):
-            replay_programs.build_agent()(question="Capital of France?")
+            replay_programs.SHARED_AGENT(question="Capital of France?")
         ledger.flush()
         calls_before = len(replay_programs.TOOL_CALLS)
-        report = ledger.replay("tests.replay_programs:build_agent")
+        report = ledger.replay("tests.replay_programs:shared_agent")
         replayed = ledger.stream(str(report.results[0].replay_prediction_id))
     assert report.totals.identical == 1
     assert len(replay_programs.TOOL_CALLS) == calls_before  # the real tool never ran
+    # The application's own agent was left as it was: the replay ran on a copy.
+    tool = replay_programs.SHARED_AGENT.tools["lookup_capital"]
+    assert tool.func is replay_programs.lookup_capital
     tree = replayed[-1].data["call_tree"]
     tools = [n for n in _nodes(tree) if n["kind"] == "tool"]
     assert [(t["name"], t.get("result")) for t in tools] == [

@@ -163,7 +163,8 @@ class ProgramBuilder:
         return self._programs[key]
 
     def _build(self, path: str, state: RecordedVersion | None) -> Any:
-        program = build_program(program_factory(path), path)
+        # A copy: a factory that hands out a shared instance keeps its own LMs and tools.
+        program = build_program(program_factory(path), path).deepcopy()
         if state is not None:
             load_recorded_state(program, state)
         if self.options.mode == "recorded" or self.options.lm is not None:
