@@ -45,6 +45,13 @@ def exact_match(example: Any, prediction: Any, trace: Any = None) -> bool:
     return expected == got
 
 
+def build_program() -> Any:
+    """A fresh, uncompiled instance of the demo's program (``dspy-ledger replay --program``)."""
+    import dspy
+
+    return dspy.ChainOfThought("question -> answer")
+
+
 @contextlib.contextmanager
 def _language_model(model: str | None) -> Iterator[tuple[Any, str]]:
     import dspy
@@ -92,7 +99,7 @@ def run_demo(
 
     with _language_model(model) as (lm, model_label), dspy.context(lm=lm):
         ledger.instrument()
-        program = dspy.ChainOfThought("question -> answer")
+        program = build_program()
         evaluate = dspy.Evaluate(
             devset=devset, metric=exact_match, num_threads=2, display_progress=False
         )

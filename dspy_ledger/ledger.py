@@ -26,6 +26,7 @@ from dspy_ledger import telemetry
 from dspy_ledger.governance import GovernanceMixin
 from dspy_ledger.integrity import IntegrityMixin
 from dspy_ledger.privacy import MasterKeyInput, PrivacyMixin, Redactors
+from dspy_ledger.replay import ReplayMixin
 from ledger.application import LedgerApplication
 from ledger.domain import Prediction
 from ledger.errors import InvalidInputError, RecordingError, StreamNotFoundError
@@ -70,7 +71,7 @@ class Instrumentation(AbstractContextManager["Instrumentation"]):
         self._ledger.flush()
 
 
-class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin):
+class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin, ReplayMixin):
     """An open ledger. Create one with :func:`dspy_ledger.open`."""
 
     def __init__(

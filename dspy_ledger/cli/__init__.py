@@ -40,6 +40,9 @@ _register_privacy(app)
 from dspy_ledger.cli.governance_commands import register as _register_governance  # noqa: E402
 
 _register_governance(app)
+from dspy_ledger.cli.replay_command import replay as _replay  # noqa: E402
+
+app.command()(_replay)
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 Exit codes: 0 success; 1 the ledger could not record or verify what was asked;
 2 bad input (usage, ids, URLs, malformed patterns, negative budgets, an unknown or
 already forgotten data subject); 3 the store is unavailable or does not exist; 4 the
-master key is missing or wrong; 5 an LM call was refused by governance; 130 interrupted.
+master key is missing or wrong; 5 an LM call was refused by governance; 6 ``replay``
+ran but not every prediction replayed identically; 130 interrupted.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from ledger.domain.optimization import OptimizationRun
 from ledger.domain.prediction import Prediction
 from ledger.domain.price import PriceTable
 from ledger.domain.program_version import ProgramVersion
+from ledger.domain.replay import Replay
 from ledger.domain.subject import DataSubject
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "Prediction",
     "PriceTable",
     "ProgramVersion",
+    "Replay",
 ]

@@ -1,0 +1,278 @@
+"""The LM of a recorded replay: it answers each request from the recorded outputs.
+
+Every recorded ``ModelExecuted`` is filed under the digest of its messages (role and
+text of each, in order). A request is answered by the oldest unused recorded call
+with the same digest, so identical prompts are served in the order they were
+recorded, and different prompts match by content whatever order they come in. A
+request with no recorded answer is a *divergence*: it is noted and raised as
+:class:`ReplayDivergenceError`; nothing ever goes to the network. A recorded call
+that failed fails again, with the recorded error type and message.
+
+Sampling parameters (temperature, max_tokens, ...) are not part of the key: the
+record answers a prompt, and a recorded replay runs exactly one program version.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from dspy.clients.base_lm import BaseLM
+from dspy.lm15 import Message, Response, TextPart, ThinkingPart, Usage, response_to_events
+
+from ledger.hashing import canonical_json, digest
+
+#: The model name the replay's LM calls are recorded under (it has no price: free).
+RECORDED_MODEL = "ledger-replay/recorded"
+
+
+class ReplayDivergenceError(Exception):
+    """The program asked for something the record holds no answer to."""
+
+
+@dataclass
+class _Served:
+    """One candidate output of a recorded LM call, or the error it raised."""
+
+    call: dict[str, Any]
+    output: Any
+
+
+@dataclass
+class RecordedCalls:
+    """One prediction's recorded LM answers and tool results, consumed as served."""
+
+    answers: dict[str, deque[_Served]]
+    tool_results: dict[str, deque[dict[str, Any]]]
+    recorded_messages: list[Any]
+    divergences: list[dict[str, Any]] = field(default_factory=list)
+    requests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_answer(self, messages: list[dict[str, Any]]) -> _Served:
+        """The recorded answer to these messages, or a noted divergence."""
+        with self.lock:
+            index = self.requests
+            self.requests += 1
+            queue = self.answers.get(messages_key(messages))
+            if queue:
+                return queue.popleft()
+            divergence = {
+                "kind": "lm",
+                "request_index": index,
+                "message": f"LM request {index + 1} has no recorded answer (its prompt differs).",
+                "request_diff": prompt_diff(self._nearest(index), messages),
+            }
+            self.divergences.append(divergence)
+        raise ReplayDivergenceError(divergence["message"])
+
+    def next_tool_result(self, name: str, arguments: Any) -> dict[str, Any]:
+        """The recorded result of this tool call, or a noted divergence."""
+        with self.lock:
+            queue = self.tool_results.get(tool_key(name, arguments))
+            if queue:
+                return queue.popleft()
+            message = f"Tool {name} was called with arguments the record does not hold."
+            self.divergences.append(
+                {"kind": "tool", "tool": name, "arguments": arguments, "message": message}
+            )
+        raise ReplayDivergenceError(message)
+
+    def _nearest(self, index: int) -> Any:
+        if not self.recorded_messages:
+            return []
+        return self.recorded_messages[min(index, len(self.recorded_messages) - 1)]
+
+
+#: The DSPy setting that holds the recorded calls of the prediction being replayed.
+#: A DSPy setting (not a ContextVar of our own) because DSPy carries its settings into
+#: the worker threads of ``dspy.Parallel`` and friends inside the program.
+RECORD_SETTING = "dspy_ledger_replay_record"
+
+
+def active_record() -> RecordedCalls | None:
+    """The recorded calls of the prediction being replayed here, if any."""
+    import dspy
+
+    record = dspy.settings.get(RECORD_SETTING)
+    return record if isinstance(record, RecordedCalls) else None
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text":
+                parts.append(str(part.get("text", "")))
+            else:
+                parts.append(canonical_json(part) if isinstance(part, dict) else str(part))
+        return "".join(parts)
+    return "" if content is None else str(content)
+
+
+def normalized(messages: Any) -> list[tuple[str, str]]:
+    """Messages as (role, text) pairs, leading system messages folded into one."""
+    out: list[tuple[str, str]] = []
+    for message in messages or []:
+        if not isinstance(message, dict):
+            out.append(("user", str(message)))
+            continue
+        role, text = str(message.get("role", "user")), _text(message.get("content"))
+        if role == "system" and out and out[-1][0] == "system" and len(out) == 1:
+            out[-1] = ("system", out[-1][1] + "\n" + text)
+        else:
+            out.append((role, text))
+    return out
+
+
+def messages_key(messages: Any) -> str:
+    """The digest a request's messages are matched by."""
+    return digest([list(pair) for pair in normalized(messages)])
+
+
+def tool_key(name: str, arguments: Any) -> str:
+    """The digest a tool call is matched by (its name and JSON arguments)."""
+    return digest({"tool": name, "arguments": arguments})
+
+
+def prompt_diff(recorded: Any, replayed: Any) -> str:
+    """A unified diff of a recorded prompt and the replayed one (what changed)."""
+
+    def lines(messages: Any) -> list[str]:
+        out: list[str] = []
+        for role, text in normalized(messages):
+            out.append(f"--- {role} ---")
+            out.extend(text.splitlines())
+        return out
+
+    diff = difflib.unified_diff(
+        lines(recorded), lines(replayed), "recorded", "replayed", lineterm="", n=1
+    )
+    return "\n".join(list(diff)[:200])
+
+
+def recorded_calls(model_calls: list[dict[str, Any]], call_tree: dict[str, Any]) -> RecordedCalls:
+    """Index one prediction's recorded LM calls and tool results for serving."""
+    answers: dict[str, deque[_Served]] = {}
+    recorded_messages = []
+    for call in model_calls:
+        recorded_messages.append(call.get("messages") or [])
+        queue = answers.setdefault(messages_key(call.get("messages")), deque())
+        outputs = call.get("outputs") if call.get("error") is None else None
+        candidates = outputs if isinstance(outputs, list) and outputs else [None]
+        for output in candidates:
+            queue.append(_Served(call=call, output=output))
+    tool_results: dict[str, deque[dict[str, Any]]] = {}
+    for node in _tool_nodes(call_tree):
+        key = tool_key(str(node.get("name")), node.get("arguments"))
+        tool_results.setdefault(key, deque()).append(node)
+    return RecordedCalls(answers, tool_results, recorded_messages)
+
+
+def _tool_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    if node.get("kind") == "tool":
+        yield node
+    for child in node.get("children") or []:
+        if isinstance(child, dict):
+            yield from _tool_nodes(child)
+
+
+def recorded_error(error: dict[str, Any]) -> Exception:
+    """An exception of the recorded type's name carrying the recorded message."""
+    name = str(error.get("type") or "RecordedError").rpartition(".")[2] or "RecordedError"
+    error_class: type[Exception] = type(name, (Exception,), {"__module__": "recorded"})
+    return error_class(str(error.get("message") or name))
+
+
+def _response(served: _Served) -> Response:
+    call, output = served.call, served.output
+    if call.get("error") is not None:
+        raise recorded_error(call["error"])
+    parts: list[Any] = []
+    if isinstance(output, dict):
+        if output.get("reasoning_content"):
+            parts.append(ThinkingPart(str(output["reasoning_content"])))
+        parts.append(TextPart(str(output.get("text") or "")))
+    else:
+        parts.append(TextPart("" if output is None else str(output)))
+    return Response(
+        id=None,
+        model=str(call.get("response_model") or call.get("model") or RECORDED_MODEL),
+        message=Message.assistant(parts),
+        finish_reason="stop",
+        # The record answered: no tokens were spent, so the cost views count none.
+        usage=Usage(input_tokens=0, output_tokens=0),
+    )
+
+
+def _request_messages(request: Any) -> list[dict[str, Any]]:
+    from dspy.clients.lm15_boundary import history_messages
+
+    return list(history_messages(request))
+
+
+class RecordedEngine:
+    """A DSPy engine (``complete(Request) -> Response``) serving recorded answers."""
+
+    def complete(self, request: Any) -> Response:
+        """Answer from the record of the prediction being replayed here."""
+        record = active_record()
+        if record is None:
+            msg = "The replay LM was called outside a replayed prediction; it has no record."
+            raise ReplayDivergenceError(msg)
+        return _response(record.next_answer(_request_messages(request)))
+
+    def stream(self, request: Any) -> Any:
+        """Streaming callers get the recorded answer as one stream of events."""
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        """Nothing to release: no connection is ever opened."""
+
+
+class AsyncRecordedEngine:
+    """The async counterpart of :class:`RecordedEngine`."""
+
+    def __init__(self, sync: RecordedEngine) -> None:
+        self.sync = sync
+
+    async def complete(self, request: Any) -> Response:
+        """Answer from the record (no I/O, so no await needed inside)."""
+        return self.sync.complete(request)
+
+    async def stream(self, request: Any) -> AsyncIterator[Any]:
+        """Yield the recorded answer's stream events."""
+        for event in self.sync.stream(request):
+            yield event
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+class RecordedAnswersLM(BaseLM):  # type: ignore[misc]
+    """A ``dspy.BaseLM`` that answers from the record and never reaches a network.
+
+    It serves whichever prediction is being replayed in the current thread or task
+    (:func:`active_record`), so one instance serves a whole threaded replay.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            model=RECORDED_MODEL,
+            model_type="chat",
+            temperature=None,
+            max_tokens=None,
+            cache=False,
+            num_retries=0,
+        )
+        engine = RecordedEngine()
+        self._engine_spec = engine
+        self._async_engine_spec = AsyncRecordedEngine(engine)
+        # Every request must be answered by the record, never by DSPy's cache.
+        self._cache_responses = False

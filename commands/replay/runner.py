@@ -1,0 +1,198 @@
+"""Running recorded inputs through a program: in threads, or as asyncio tasks.
+
+Each prediction runs in a context of its own (``contextvars``), holding its recorded
+answers (a DSPy setting, see :func:`~commands.replay.recorded_lm.active_record`) and a
+slot in which
+:class:`TopLevelProbe` (an instance callback of the program object, so DSPy calls it for
+the program call only) notes the DSPy call id of that call, which is how the replay's
+own recorded prediction is found afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import inspect
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from dspy.utils.callback import BaseCallback
+from dspy.utils.callback_context import ACTIVE_CALL_ID
+
+from commands.payloads import to_json
+from commands.replay.recorded_lm import RECORD_SETTING, RecordedCalls
+
+_probe_slot: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "dspy_ledger_replay_probe", default=None
+)
+
+
+class TopLevelProbe(BaseCallback):  # type: ignore[misc]
+    """Notes the call id of the top-level module call of each replayed prediction."""
+
+    def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Keep the first call made with no parent (the program call itself)."""
+        slot = _probe_slot.get()
+        if slot is not None and "call_id" not in slot and ACTIVE_CALL_ID.get() is None:
+            slot["call_id"] = call_id
+
+
+def attach_probe(program: Any) -> None:
+    """Watch the program's own calls (only its top-level calls: cheap, nothing nested)."""
+    callbacks = list(getattr(program, "callbacks", None) or [])
+    if not any(isinstance(c, TopLevelProbe) for c in callbacks):
+        program.callbacks = [*callbacks, TopLevelProbe()]
+
+
+@dataclass
+class Job:
+    """One prediction to run: the program, its inputs, and (recorded mode) its record."""
+
+    index: int
+    program: Any
+    inputs: dict[str, Any]
+    record: RecordedCalls | None
+
+
+@dataclass
+class Outcome:
+    """What one run gave: outputs or the error, and the DSPy call id of the run."""
+
+    index: int
+    outputs: dict[str, Any] | None = None
+    prediction: Any = None
+    error: BaseException | None = None
+    call_id: str | None = None
+    divergences: list[dict[str, Any]] = field(default_factory=list)
+
+
+def call_arguments(inputs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """The recorded inputs as call arguments (positional ones were kept under ``$args``)."""
+    kwargs = dict(inputs)
+    args = kwargs.pop("$args", [])
+    return list(args) if isinstance(args, list) else [args], kwargs
+
+
+def _outputs(prediction: Any) -> dict[str, Any]:
+    converted, _ = to_json(prediction)
+    return converted if isinstance(converted, dict) else {"value": converted}
+
+
+def _finish(
+    job: Job, slot: dict[str, Any], prediction: Any, error: BaseException | None
+) -> Outcome:
+    outcome = Outcome(index=job.index, call_id=slot.get("call_id"), error=error)
+    if error is None:
+        outcome.prediction = prediction
+        outcome.outputs = _outputs(prediction)
+    if job.record is not None:
+        outcome.divergences = list(job.record.divergences)
+    return outcome
+
+
+def _settings(job: Job) -> Any:
+    import dspy
+
+    if job.record is None:
+        return contextlib.nullcontext()
+    return dspy.context(**{RECORD_SETTING: job.record})
+
+
+def run_sync(job: Job) -> Outcome:
+    """Run one job in the calling thread (in the context it was given)."""
+    slot: dict[str, Any] = {}
+    _probe_slot.set(slot)
+    args, kwargs = call_arguments(job.inputs)
+    try:
+        with _settings(job):
+            prediction = job.program(*args, **kwargs)
+    except Exception as error:
+        return _finish(job, slot, None, error)
+    return _finish(job, slot, prediction, None)
+
+
+async def run_async(job: Job) -> Outcome:
+    """Run one job with the program's ``acall`` (in the task's own context)."""
+    slot: dict[str, Any] = {}
+    _probe_slot.set(slot)
+    args, kwargs = call_arguments(job.inputs)
+    try:
+        with _settings(job):
+            prediction = await job.program.acall(*args, **kwargs)
+    except Exception as error:
+        return _finish(job, slot, None, error)
+    return _finish(job, slot, prediction, None)
+
+
+def is_async_program(program: Any) -> bool:
+    """True if the program's own class implements ``aforward`` but not ``forward``."""
+    for cls in type(program).__mro__:
+        if cls.__module__.startswith("dspy."):
+            return False
+        if "aforward" in vars(cls) and inspect.iscoroutinefunction(vars(cls)["aforward"]):
+            return "forward" not in vars(cls)
+        if "forward" in vars(cls):
+            return False
+    return False
+
+
+def run_jobs(
+    jobs: list[Job],
+    *,
+    threads: int,
+    asynchronous: bool,
+    done: Callable[[Outcome], None],
+) -> list[Outcome]:
+    """Run every job, ``threads`` at a time, calling ``done`` as each one finishes."""
+    if asynchronous:
+        return _run_loop(jobs, threads, done)
+    if threads <= 1:
+        outcomes = []
+        for job in jobs:
+            outcome = contextvars.copy_context().run(run_sync, job)
+            done(outcome)
+            outcomes.append(outcome)
+        return outcomes
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dspy-ledger-replay") as pool:
+        # Each job runs in a copy of this context: DSPy's settings, the actor, the
+        # replay context label, and a record slot of its own.
+        futures = [pool.submit(contextvars.copy_context().run, run_sync, job) for job in jobs]
+        outcomes = []
+        for future in futures:
+            outcome = future.result()
+            done(outcome)
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _run_loop(jobs: list[Job], threads: int, done: Callable[[Outcome], None]) -> list[Outcome]:
+    """Run the jobs as asyncio tasks on a loop of their own.
+
+    Called from inside a running loop (a notebook, an async app), the replay's loop runs
+    in a worker thread, in a copy of the caller's context.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_run_tasks(jobs, threads, done))
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dspy-ledger-replay") as pool:
+        future = pool.submit(context.run, asyncio.run, _run_tasks(jobs, threads, done))
+        return future.result()
+
+
+async def _run_tasks(
+    jobs: list[Job], threads: int, done: Callable[[Outcome], None]
+) -> list[Outcome]:
+    limit = asyncio.Semaphore(max(1, threads))
+
+    async def bounded(job: Job) -> Outcome:
+        async with limit:
+            outcome = await run_async(job)
+        done(outcome)
+        return outcome
+
+    return list(await asyncio.gather(*(asyncio.create_task(bounded(job)) for job in jobs)))

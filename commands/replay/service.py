@@ -1,0 +1,199 @@
+"""A replay from start to finish: select, run, judge, and record it as a run of its own."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from commands import scope
+from commands.replay.judging import (
+    add_costs,
+    example_for,
+    failed_result,
+    judge,
+    label_index,
+    replayed_records,
+    score,
+)
+from commands.replay.planning import ProgramBuilder, ReplayOptions, live_lm, metric_callable
+from commands.replay.programs import ProgramLoadError
+from commands.replay.recorded_lm import RecordedAnswersLM, recorded_calls
+from commands.replay.report import ModelTotals, PredictionResult, ReplayReport, summarize
+from commands.replay.runner import Job, Outcome, is_async_program, run_jobs
+from commands.replay.selection import RecordedPrediction, load_prediction, select_predictions
+from ledger.application import LedgerApplication
+from ledger.domain import Replay
+
+Progress = Callable[[int, int], None]
+
+
+def _chosen(
+    app: LedgerApplication, options: ReplayOptions
+) -> tuple[list[RecordedPrediction], list[PredictionResult]]:
+    """The predictions to replay, and a failed result for each id that names none."""
+    if not options.selection.prediction_ids:
+        return select_predictions(app, options.selection), []
+    found, missing = [], []
+    for given in options.selection.prediction_ids:
+        try:
+            prediction = load_prediction(app, UUID(str(given).strip()))
+        except ValueError:
+            missing.append(failed_result(given, f"{given!r} is not a prediction id (a UUID)."))
+            continue
+        if prediction is None:
+            missing.append(failed_result(given, f"No prediction with id {given} exists."))
+        elif prediction.status == "started":
+            message = f"Prediction {given} never finished; there is nothing to compare with."
+            missing.append(failed_result(given, message, "started"))
+        else:
+            found.append(prediction)
+    return found, missing
+
+
+def _jobs(
+    predictions: list[RecordedPrediction], builder: ProgramBuilder, recorded_mode: bool
+) -> tuple[list[Job], dict[int, str]]:
+    jobs, load_errors = [], {}
+    for index, prediction in enumerate(predictions):
+        try:
+            program = builder.program_for(prediction)
+        except ProgramLoadError as error:
+            load_errors[index] = str(error)
+            continue
+        record = (
+            recorded_calls(prediction.model_calls, prediction.call_tree) if recorded_mode else None
+        )
+        jobs.append(Job(index=index, program=program, inputs=prediction.inputs, record=record))
+    return jobs, load_errors
+
+
+def _run(
+    jobs: list[Job], options: ReplayOptions, lm: Any, context: str, tick: Callable[[], None]
+) -> list[Outcome]:
+    import dspy
+
+    asynchronous = options.asynchronous
+    if asynchronous is None:
+        asynchronous = bool(jobs) and is_async_program(jobs[0].program)
+    overrides: dict[str, Any] = {} if lm is None else {"lm": lm}
+    with dspy.context(**overrides), scope.in_context(context):
+        return run_jobs(
+            jobs, threads=options.threads, asynchronous=asynchronous, done=lambda _: tick()
+        )
+
+
+def _score(
+    result: PredictionResult,
+    recorded: RecordedPrediction,
+    outcome: Outcome,
+    metric: Any,
+    labels: dict[str, dict[str, Any]],
+) -> None:
+    import dspy
+
+    example = example_for(recorded.inputs, labels)
+    try:
+        if recorded.status == "completed":
+            result.metric_before = score(metric, example, dspy.Prediction(**recorded.outputs or {}))
+        if outcome.prediction is not None:
+            result.metric_after = score(metric, example, outcome.prediction)
+    except Exception as error:
+        result.metric_error = f"The metric raised {type(error).__name__}: {error}"
+
+
+def run_replay(
+    app: LedgerApplication,
+    options: ReplayOptions,
+    *,
+    actor: str,
+    flush: Callable[[], None],
+    progress: Progress | None = None,
+) -> ReplayReport:
+    """Replay the chosen predictions and record the replay; return its report.
+
+    ``flush`` must return once the recorder has committed what it recorded (the
+    replay reads its own predictions back to report their cost and latency).
+    """
+    options.check()
+    metric, metric_name = metric_callable(options.metric)
+    builder = ProgramBuilder(app, options)
+    lm = RecordedAnswersLM() if options.mode == "recorded" else live_lm(options.lm)
+    predictions, unknown = _chosen(app, options)
+    replay_id = uuid.uuid4()
+    context = f"replay:{replay_id}"
+    started = time.perf_counter()
+    replay = Replay.start(
+        replay_id=replay_id,
+        mode=options.mode,
+        program=options.program or "(recorded module path)",
+        lm=options.lm_name(),
+        program_version=options.program_version,
+        metric=metric_name,
+        selection=options.selection.describe(),
+        prediction_ids=[str(p.prediction_id) for p in predictions],
+        actor=actor,
+    )
+    app.save_aggregates(replay)
+    first_position = app.last_position() + 1
+
+    total, done = len(predictions) + len(unknown), [len(unknown)]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    if progress is not None:
+        progress(done[0], total)
+    jobs, load_errors = _jobs(predictions, builder, options.mode == "recorded")
+    for _ in load_errors:
+        tick()
+    outcomes = {o.index: o for o in _run(jobs, options, lm, context, tick)} if jobs else {}
+    flush()
+    replayed = replayed_records(app, first_position, context)
+    labels = label_index(app) if metric is not None else {}
+    by_model: dict[str, ModelTotals] = {}
+    results = []
+    for index, recorded in enumerate(predictions):
+        if index in load_errors:
+            result = failed_result(str(recorded.prediction_id), load_errors[index], recorded.status)
+            results.append(result)
+            continue
+        outcome = outcomes[index]
+        result = judge(recorded, outcome)
+        record = replayed.get(outcome.call_id or "")
+        add_costs(result, recorded, record, by_model)
+        if metric is not None:
+            _score(result, recorded, outcome, metric, labels)
+        results.append(result)
+    results.extend(unknown)
+    totals = summarize(results, by_model)
+    for result in results:
+        replay.record_result(
+            original_prediction_id=result.original_prediction_id,
+            replay_prediction_id=result.replay_prediction_id,
+            verdict=result.verdict,
+            diff=[d.model_dump(mode="json") for d in result.diff],
+            error=result.error,
+            divergence=result.divergence,
+            actor=actor,
+        )
+    replay.complete(
+        totals=totals.model_dump(mode="json"),
+        latency_ms=(time.perf_counter() - started) * 1000,
+        actor=actor,
+    )
+    app.save_aggregates(replay)
+    return ReplayReport(
+        replay_id=str(replay_id),
+        mode=options.mode,
+        program=options.program or "(recorded module path)",
+        lm=options.lm_name(),
+        program_version=options.program_version,
+        metric=metric_name,
+        results=results,
+        totals=totals,
+    )
