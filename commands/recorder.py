@@ -155,6 +155,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             evaluation=parent.evaluation if parent else None,
         )
         self.telemetry.prediction_started(call_id, ACTIVE_CALL_ID.get(), draft, call_inputs)
+        scope.note_prediction_started(call_id)
 
     def on_module_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None

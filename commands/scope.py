@@ -79,3 +79,29 @@ def _setting(variable: ContextVar[str | None], value: str) -> Iterator[None]:
         yield
     finally:
         variable.reset(token)
+
+
+#: Where the recorder notes the root call id of each prediction it starts in this context.
+_started_calls: ContextVar[list[str] | None] = ContextVar("dspy_ledger_started", default=None)
+
+
+def note_prediction_started(call_id: str) -> None:
+    """Called by the recorder when a top-level call becomes a prediction."""
+    started = _started_calls.get()
+    if started is not None:
+        started.append(call_id)
+
+
+@contextmanager
+def watching_predictions() -> Iterator[list[str]]:
+    """Collect the root call ids of the predictions started inside the block, in order.
+
+    A recorded prediction's ``call_tree["call_id"]`` is that id, so a caller (replay)
+    can find the prediction its own call made among everything recorded meanwhile.
+    """
+    started: list[str] = []
+    token = _started_calls.set(started)
+    try:
+        yield started
+    finally:
+        _started_calls.reset(token)

@@ -14,7 +14,6 @@ from commands.replay.programs import (
     load_recorded_state,
     program_factory,
 )
-from commands.replay.runner import attach_probe
 from commands.replay.selection import RecordedPrediction, RecordedVersion, Selection, load_version
 from commands.replay.tools import serve_recorded_tools
 from ledger.application import LedgerApplication
@@ -173,5 +172,4 @@ class ProgramBuilder:
                 predictor.lm = None
         if self.options.mode == "recorded":
             serve_recorded_tools(program)
-        attach_probe(program)
         return program

@@ -1,11 +1,10 @@
 """Running recorded inputs through a program: in threads, or as asyncio tasks.
 
 Each prediction runs in a context of its own (``contextvars``), holding its recorded
-answers (a DSPy setting, see :func:`~commands.replay.recorded_lm.active_record`) and a
-slot in which
-:class:`TopLevelProbe` (an instance callback of the program object, so DSPy calls it for
-the program call only) notes the DSPy call id of that call, which is how the replay's
-own recorded prediction is found afterwards.
+answers (a DSPy setting, see :func:`~commands.replay.recorded_lm.active_record`). The
+recorder notes the root call id of the prediction the call starts
+(:func:`commands.scope.watching_predictions`), which is how the replay's own recorded
+prediction is found afterwards.
 """
 
 from __future__ import annotations
@@ -19,32 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspy.utils.callback import BaseCallback
-from dspy.utils.callback_context import ACTIVE_CALL_ID
-
+from commands import scope
 from commands.payloads import to_json
 from commands.replay.recorded_lm import RECORD_SETTING, RecordedCalls
-
-_probe_slot: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "dspy_ledger_replay_probe", default=None
-)
-
-
-class TopLevelProbe(BaseCallback):  # type: ignore[misc]
-    """Notes the call id of the top-level module call of each replayed prediction."""
-
-    def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        """Keep the first call made with no parent (the program call itself)."""
-        slot = _probe_slot.get()
-        if slot is not None and "call_id" not in slot and ACTIVE_CALL_ID.get() is None:
-            slot["call_id"] = call_id
-
-
-def attach_probe(program: Any) -> None:
-    """Watch the program's own calls (only its top-level calls: cheap, nothing nested)."""
-    callbacks = list(getattr(program, "callbacks", None) or [])
-    if not any(isinstance(c, TopLevelProbe) for c in callbacks):
-        program.callbacks = [*callbacks, TopLevelProbe()]
 
 
 @dataclass
@@ -81,10 +57,8 @@ def _outputs(prediction: Any) -> dict[str, Any]:
     return converted if isinstance(converted, dict) else {"value": converted}
 
 
-def _finish(
-    job: Job, slot: dict[str, Any], prediction: Any, error: BaseException | None
-) -> Outcome:
-    outcome = Outcome(index=job.index, call_id=slot.get("call_id"), error=error)
+def _finish(job: Job, started: list[str], prediction: Any, error: BaseException | None) -> Outcome:
+    outcome = Outcome(index=job.index, call_id=started[0] if started else None, error=error)
     if error is None:
         outcome.prediction = prediction
         outcome.outputs = _outputs(prediction)
@@ -103,28 +77,26 @@ def _settings(job: Job) -> Any:
 
 def run_sync(job: Job) -> Outcome:
     """Run one job in the calling thread (in the context it was given)."""
-    slot: dict[str, Any] = {}
-    _probe_slot.set(slot)
     args, kwargs = call_arguments(job.inputs)
-    try:
-        with _settings(job):
-            prediction = job.program(*args, **kwargs)
-    except Exception as error:
-        return _finish(job, slot, None, error)
-    return _finish(job, slot, prediction, None)
+    with scope.watching_predictions() as started:
+        try:
+            with _settings(job):
+                prediction = job.program(*args, **kwargs)
+        except Exception as error:
+            return _finish(job, started, None, error)
+    return _finish(job, started, prediction, None)
 
 
 async def run_async(job: Job) -> Outcome:
     """Run one job with the program's ``acall`` (in the task's own context)."""
-    slot: dict[str, Any] = {}
-    _probe_slot.set(slot)
     args, kwargs = call_arguments(job.inputs)
-    try:
-        with _settings(job):
-            prediction = await job.program.acall(*args, **kwargs)
-    except Exception as error:
-        return _finish(job, slot, None, error)
-    return _finish(job, slot, prediction, None)
+    with scope.watching_predictions() as started:
+        try:
+            with _settings(job):
+                prediction = await job.program.acall(*args, **kwargs)
+        except Exception as error:
+            return _finish(job, started, None, error)
+    return _finish(job, started, prediction, None)
 
 
 def is_async_program(program: Any) -> bool:
