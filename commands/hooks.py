@@ -239,7 +239,35 @@ def install() -> None:
             for cls in _subclasses(root):
                 _hook_class(cls)
             _hook_future_subclasses(root)
+        _carry_into_worker_threads()
         _installed = True
+
+
+def _carry_into_worker_threads() -> None:
+    """Let DSPy's thread pool carry :data:`current_call` as it carries ACTIVE_CALL_ID."""
+    try:
+        from dspy.utils import parallelizer
+    except ImportError:  # pragma: no cover - other DSPy layouts
+        return
+    original = getattr(parallelizer, "_bind_active_call_id", None)
+    if original is None:  # pragma: no cover - other DSPy layouts
+        return
+
+    def bind(fn: Callable[..., Any]) -> Callable[..., Any]:
+        parent = current_call.get()
+        bound = original(fn)
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            token = current_call.set(parent)
+            try:
+                return bound(*args, **kwargs)
+            finally:
+                current_call.reset(token)
+
+        return run
+
+    parallelizer._bind_active_call_id = bind
 
 
 def _hook_future_subclasses(root: type) -> None:

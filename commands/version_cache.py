@@ -80,23 +80,39 @@ def _same(a: _Snapshot, b: _Snapshot) -> bool:
 
 
 def _tracked(program: Any) -> list[Any]:
-    """The program and every object its dumped state is built from."""
-    objects: list[Any] = [program]
-    seen = {id(program)}
-    named_sub_modules = getattr(program, "named_sub_modules", None)
-    parameters = getattr(program, "parameters", None)
-    found: list[Any] = []
-    if callable(named_sub_modules):
-        found.extend(module for _, module in named_sub_modules())
-    if callable(parameters):
-        for parameter in parameters():
-            found.append(parameter)
-            found.append(getattr(parameter, "lm", None))
-            found.extend(getattr(parameter, "demos", None) or ())
-    for obj in found:
-        if obj is not None and id(obj) not in seen:
-            seen.add(id(obj))
-            objects.append(obj)
+    """The program and every object its dumped state is built from.
+
+    Walks sub-modules the way DSPy's ``named_parameters`` does (attributes, and items of
+    lists, tuples and dicts) but never into DSPy's per-call histories.
+    """
+    from dspy.primitives.base_module import BaseModule
+
+    objects: list[Any] = []
+    seen: set[int] = set()
+    pending: list[Any] = [program]
+    while pending:
+        obj = pending.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            pending.extend(obj[:_MAX_ITEMS])
+            continue
+        if isinstance(obj, dict):
+            pending.extend(list(obj.values())[:_MAX_ITEMS])
+            continue
+        if not isinstance(obj, BaseModule) and obj is not program:
+            continue
+        objects.append(obj)
+        for key, value in vars(obj).items():
+            if key in _SKIPPED:
+                continue
+            if key == "lm" and value is not None:
+                objects.append(value)
+            elif key == "demos" and isinstance(value, list):
+                objects.extend(demo for demo in value[:_MAX_ITEMS] if hasattr(demo, "__dict__"))
+            else:
+                pending.append(value)
     return objects
 
 
