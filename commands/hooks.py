@@ -22,8 +22,8 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -88,6 +88,42 @@ def _binder(fn: Callable[..., Any]) -> Callable[[Any, tuple[Any, ...], dict[str,
         inputs.pop(next(iter(signature.parameters)), None)
         return inputs
 
+    return _fast_binder(params) or bind
+
+
+def _fast_binder(
+    params: list[inspect.Parameter],
+) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], Any] | None:
+    """A binder for ``(self, a=..., *, b=..., **rest)``, the shape of ``BaseLM.__call__``.
+
+    ``inspect.Signature.bind`` costs more than everything else a hook does; this shape
+    (every named parameter has a default, extra keywords are collected) binds by hand.
+    """
+    kinds = [p.kind for p in params]
+    if not params or kinds[-1] != inspect.Parameter.VAR_KEYWORD:
+        return None
+    named = params[:-1]
+    allowed = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if any(p.kind not in allowed or p.default is inspect.Parameter.empty for p in named):
+        return None
+    defaults = {p.name: p.default for p in named}
+    positional = [p.name for p in named if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    rest = params[-1].name
+
+    def bind(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if len(args) > len(positional):
+            return {"args": args, "kwargs": kwargs}  # the call itself will fail
+        inputs = dict(defaults)
+        inputs.update(zip(positional, args, strict=False))
+        extra: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key in defaults:
+                inputs[key] = value
+            else:
+                extra[key] = value
+        inputs[rest] = extra
+        return inputs
+
     return bind
 
 
@@ -118,7 +154,7 @@ class _Call:
     __slots__ = ("call_id", "end", "recorders", "tokens")
 
     def __init__(self, kind: str, instance: Any, inputs: Any, compiling: bool) -> None:
-        self.call_id = uuid.uuid4().hex
+        self.call_id = os.urandom(16).hex()  # as unique as uuid4().hex, cheaper
         self.recorders = _recorders
         self.end = f"on_{kind}_end"
         for recorder in self.recorders:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from typing import Any
 
 from commands.drafts import DatasetDraft, VersionDraft
@@ -31,7 +31,7 @@ def version_of(program: Any) -> VersionDraft | None:
     (:mod:`commands.version_cache`); each caller gets its own copy of the draft.
     """
     version = _versions.get(program, _compute_version)
-    return dataclasses.replace(version) if version is not None else None
+    return copy.copy(version) if version is not None else None
 
 
 def _compute_version(program: Any) -> VersionDraft | None:

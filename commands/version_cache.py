@@ -7,13 +7,13 @@ is computed once per program object and reused for as long as nothing it depends
 changed.
 
 "Nothing has changed" is checked by identity, cheaply and without walking histories:
-the cache keeps a *snapshot* of the attributes of every object the state is built from
-(the program, its sub-modules, their predictors, the predictors' LMs and demos), one
-level deep: each attribute's value, and for a list, tuple or dict the items it holds.
-Any assignment (``predictor.demos = ...``, ``lm.kwargs["temperature"] = 0.9``,
-``demos.append(...)``, ``load_state``, ``with_instructions``) replaces a value in one of
-those snapshots, so the next call hashes the state again. The snapshot holds references,
-not ids, so a freed object's id reused by a new one cannot fool it.
+the cache keeps a *fingerprint*, the ids of the attributes of every object the state is
+built from (the program, its sub-modules, their predictors, the predictors' LMs and
+demos), one level deep: each attribute's value, and for a list, tuple or dict the items
+it holds. Any assignment (``predictor.demos = ...``, ``lm.kwargs["temperature"] = 0.9``,
+``demos.append(...)``, ``load_state``, ``with_instructions``) changes an id in it, so the
+next call hashes the state again. The cache holds references to everything it took the
+id of, so no new object can reuse such an id while the entry lives.
 
 A change made deeper than one level inside an attribute (mutating a nested list inside a
 demo's field in place) is not seen until the next full hash, which happens at the latest
@@ -38,45 +38,52 @@ RECHECK_EVERY = 1000
 RECHECK_SECONDS = 5.0
 
 T = TypeVar("T")
-_Snapshot = tuple[tuple[Any, ...], ...]
 
 
-def _shallow(value: Any) -> tuple[Any, ...] | None:
-    if isinstance(value, (list, tuple)):
-        return tuple(value) if len(value) <= _MAX_ITEMS else None
-    if isinstance(value, dict):
-        return tuple(value.items()) if len(value) <= _MAX_ITEMS else None
-    return ()
+def _fingerprint(objects: list[Any]) -> tuple[int, ...] | None:
+    """The ids of every attribute value (and container item) of ``objects``, in order.
 
-
-def _snapshot(objects: list[Any]) -> _Snapshot | None:
-    parts: list[tuple[Any, ...]] = []
+    Comparing ids is safe here because the cache entry keeps the values it fingerprinted
+    alive (:func:`_references`): no new object can take the id of one still alive.
+    """
+    ids: list[int] = []
+    append, extend = ids.append, ids.extend
     for obj in objects:
         attributes = getattr(obj, "__dict__", None)
         if attributes is None:
             continue
+        append(len(attributes))
         for key, value in attributes.items():
             if key in _SKIPPED:
                 continue
-            items = _shallow(value)
-            if items is None:
-                return None
-            parts.append((obj, key, value, items))
-    return tuple(parts)
+            append(id(key))
+            append(id(value))
+            if isinstance(value, (list, tuple)):
+                if len(value) > _MAX_ITEMS:
+                    return None
+                append(len(value))
+                extend(map(id, value))
+            elif isinstance(value, dict):
+                if len(value) > _MAX_ITEMS:
+                    return None
+                append(len(value))
+                extend(map(id, value))
+                extend(map(id, value.values()))
+    return tuple(ids)
 
 
-def _same(a: _Snapshot, b: _Snapshot) -> bool:
-    if len(a) != len(b):
-        return False
-    for left, right in zip(a, b, strict=True):
-        if left[0] is not right[0] or left[1] != right[1] or left[2] is not right[2]:
-            return False
-        if len(left[3]) != len(right[3]):
-            return False
-        for x, y in zip(left[3], right[3], strict=True):
-            if x is not y:
-                return False
-    return True
+def _references(objects: list[Any]) -> list[Any]:
+    """Everything :func:`_fingerprint` took the id of, to keep it alive."""
+    refs: list[Any] = []
+    for obj in objects:
+        for key, value in getattr(obj, "__dict__", {}).items():
+            refs.append(key)
+            refs.append(value)
+            if isinstance(value, (list, tuple)):
+                refs.extend(value)
+            elif isinstance(value, dict):
+                refs.extend(value.items())
+    return refs
 
 
 def _tracked(program: Any) -> list[Any]:
@@ -117,12 +124,15 @@ def _tracked(program: Any) -> list[Any]:
 
 
 class _Entry:
-    __slots__ = ("calls", "objects", "snapshot", "stamp", "value")
+    __slots__ = ("calls", "fingerprint", "objects", "references", "stamp", "value")
 
-    def __init__(self, value: Any, objects: list[Any], snapshot: _Snapshot) -> None:
+    def __init__(
+        self, value: Any, objects: list[Any], fingerprint: tuple[int, ...], references: list[Any]
+    ) -> None:
         self.value = value
         self.objects = objects
-        self.snapshot = snapshot
+        self.fingerprint = fingerprint
+        self.references = references
         self.calls = 0
         self.stamp = time.monotonic()
 
@@ -145,14 +155,14 @@ class VersionCache:
             fresh = entry.calls < RECHECK_EVERY and (
                 time.monotonic() - entry.stamp < RECHECK_SECONDS
             )
-            snapshot = _snapshot(entry.objects) if fresh else None
-            if snapshot is not None and _same(snapshot, entry.snapshot):
+            if fresh and _fingerprint(entry.objects) == entry.fingerprint:
                 return entry.value  # type: ignore[no-any-return]
         objects = _tracked(program)
-        before = _snapshot(objects)
+        references = _references(objects)  # taken first: what is fingerprinted stays alive
+        before = _fingerprint(objects)
         value = compute(program)
         # Cache only if nothing changed while hashing (another thread editing the program).
-        if before is not None and _same(before, _snapshot(objects) or ()):
+        if before is not None and before == _fingerprint(objects):
             with self._lock:
-                self._entries[program] = _Entry(value, objects, before)
+                self._entries[program] = _Entry(value, objects, before, references)
         return value
