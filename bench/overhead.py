@@ -54,6 +54,20 @@ def _ledger_variant(stack: ExitStack, backend: str, durability: str) -> Variant:
     return enable
 
 
+def _recorder_alone_variant() -> Variant:
+    """The recorder on the calling thread with its drafts thrown away: no writer at all."""
+    from commands import hooks
+    from commands.recorder import LedgerRecorder
+
+    recorder = LedgerRecorder(lambda draft: None, default_actor="bench")
+
+    def enable() -> tuple[Callable[[], None], Callable[[], None]]:
+        hooks.attach(recorder)
+        return lambda: hooks.detach(recorder), _nothing
+
+    return enable
+
+
 def _noop_callback_variant() -> Variant:
     import dspy
     from dspy.utils.callback import BaseCallback
@@ -117,7 +131,10 @@ def _mlflow_variant(stack: ExitStack) -> Variant | None:
 @contextmanager
 def _variants(quick: bool) -> Iterator[dict[str, Variant | None]]:
     with ExitStack() as stack:
-        variants: dict[str, Variant | None] = {"bare": None}
+        variants: dict[str, Variant | None] = {
+            "bare": None,
+            "recorder alone, drafts discarded": _recorder_alone_variant(),
+        }
         for backend in backends():
             for durability in ("async", "sync"):
                 variants[f"{durability}/{backend}"] = _ledger_variant(stack, backend, durability)
