@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -114,7 +115,10 @@ def _mlflow_variant(stack: ExitStack) -> Variant | None:
         return None
     folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="dspy-ledger-mlflow-"))
     mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-    mlflow.set_experiment("dspy-ledger-bench")
+    experiment = mlflow.create_experiment(
+        "dspy-ledger-bench", artifact_location=Path(folder, "artifacts").as_uri()
+    )
+    mlflow.set_experiment(experiment_id=experiment)
 
     def wait() -> None:
         flush = getattr(mlflow, "flush_trace_async_logging", None)

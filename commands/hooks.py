@@ -202,8 +202,7 @@ def _wrap(kind: str, original: Callable[..., Any]) -> Callable[..., Any]:
             call.finish(result, None)
             return result
 
-        setattr(async_hook, _MARK, True)
-        return async_hook
+        return _mark(async_hook)
 
     @functools.wraps(original)
     def hook(instance: Any, *args: Any, **kwargs: Any) -> Any:
@@ -218,8 +217,23 @@ def _wrap(kind: str, original: Callable[..., Any]) -> Callable[..., Any]:
         call.finish(result, None)
         return result
 
-    setattr(hook, _MARK, True)
-    return hook
+    return _mark(hook)
+
+
+def mark_installed(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    """Make a patched DSPy method survive other instrumentors' undoing.
+
+    ``functools.wraps`` links the wrapper to the method it wraps (``__wrapped__``); some
+    instrumentors undo their own patch by following that chain *to its end*, which would
+    strip this wrapper and DSPy's own with it. Without the link, they stop here.
+    """
+    wrapper.__dict__.pop("__wrapped__", None)
+    return wrapper
+
+
+def _mark(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    setattr(wrapper, _MARK, True)
+    return mark_installed(wrapper)
 
 
 def _is_dspy_wrapper(fn: Any) -> bool:

@@ -159,3 +159,16 @@ def test_threads_of_an_evaluation_link_to_it_beside_another_callback(ledger: Led
     contexts = [d["context"] for d in only(events, "PredictionStarted")]
     assert contexts == [f"evaluation:{evaluation.stream_id}"] * 6
     assert theirs.modules.count("Predict") == 6
+
+
+def test_recording_survives_another_instrumentor_undoing_its_patches(ledger: Ledger) -> None:
+    dspy_instrumentation = pytest.importorskip("openinference.instrumentation.dspy")
+    from opentelemetry.sdk.trace import TracerProvider
+
+    instrumentor = dspy_instrumentation.DSPyInstrumentor()
+    instrumentor.instrument(tracer_provider=TracerProvider())
+    instrumentor.uninstrument()  # follows __wrapped__ chains to their end
+    with dspy.context(lm=answers(1, answer="a")):
+        dspy.Predict("question -> answer")(question="after")
+    started = only(events_of(ledger), "PredictionStarted")
+    assert [s["inputs"] for s in started] == [{"question": "after"}]
