@@ -113,6 +113,22 @@ def postgres_base_url() -> str | None:
     return url
 
 
+@contextmanager
+def compression(setting: str) -> Iterator[None]:
+    """Store the events of ledgers opened in the block compressed (``zlib``) or not."""
+    from ledger.compression import COMPRESSION_ENV_VAR
+
+    before = os.environ.get(COMPRESSION_ENV_VAR)
+    os.environ[COMPRESSION_ENV_VAR] = setting
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[COMPRESSION_ENV_VAR]
+        else:
+            os.environ[COMPRESSION_ENV_VAR] = before
+
+
 def backends() -> list[str]:
     """The stores to measure: SQLite always, PostgreSQL when a server answers."""
     return ["sqlite", "postgres"] if postgres_base_url() is not None else ["sqlite"]

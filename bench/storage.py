@@ -11,7 +11,16 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from bench.common import Row, backends, configure_dspy, fresh_store, make_program, predict_many, row
+from bench.common import (
+    Row,
+    backends,
+    compression,
+    configure_dspy,
+    fresh_store,
+    make_program,
+    predict_many,
+    row,
+)
 
 SECTION = "4. Storage"
 TARGET = "<= 3072 B"
@@ -61,21 +70,25 @@ def run(quick: bool) -> list[Row]:
     count = 50 if quick else 2000
     rows: list[Row] = []
     for backend in backends():
-        with fresh_store(backend) as url:
-            with (
-                dspy_ledger.open(url, durability="async") as ledger,
-                ledger.instrument(),
-            ):
-                predict_many(program, count)
-            stored, total = _sqlite_sizes(url) if backend == "sqlite" else _postgres_sizes(url)
-        rows.append(
-            row(
-                SECTION,
-                f"{backend}: event rows per prediction",
-                stored / count,
-                "bytes",
-                target=TARGET,
+        for setting in ("none", "zlib"):
+            with compression(setting), fresh_store(backend) as url:
+                with (
+                    dspy_ledger.open(url, durability="async") as ledger,
+                    ledger.instrument(),
+                ):
+                    predict_many(program, count)
+                sizes = _sqlite_sizes(url) if backend == "sqlite" else _postgres_sizes(url)
+            label = f"{backend}{', zlib' if setting == 'zlib' else ''}"
+            rows.append(
+                row(
+                    SECTION,
+                    f"{label}: event rows per prediction",
+                    sizes[0] / count,
+                    "bytes",
+                    target=TARGET,
+                )
             )
-        )
-        rows.append(row(SECTION, f"{backend}: whole store per prediction", total / count, "bytes"))
+            rows.append(
+                row(SECTION, f"{label}: whole store per prediction", sizes[1] / count, "bytes")
+            )
     return rows

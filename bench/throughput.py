@@ -20,6 +20,7 @@ from typing import Any
 from bench.common import (
     Row,
     backends,
+    compression,
     configure_dspy,
     fresh_store,
     make_program,
@@ -149,4 +150,14 @@ def run(quick: bool) -> list[Row]:
                         target=CAPACITY_TARGETS.get(name),
                     )
                 )
+    with compression("zlib"):
+        zlib_capacity = median([_capacity("sqlite", "async", 1, drafts) for _ in range(rounds)])
+    rows.append(
+        row(
+            SECTION,
+            "ledger capacity: async/sqlite + zlib compression, 1 thread(s)",
+            zlib_capacity,
+            "predictions/s",
+        )
+    )
     return rows
