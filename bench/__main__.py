@@ -1,7 +1,7 @@
 """Run the benchmark suite: ``python -m bench [--quick] [--out DIR]``.
 
 Writes ``bench-results.md`` (a table) and ``bench-results.json`` (the rows) to ``DIR``
-(default: the current folder). Each section is a module exposing
+(default: ``bench/results``). Each section is a module exposing
 ``run(quick: bool) -> list[Row]``; optional sections that are not present are skipped
 with a note.
 """
@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run every present section and write the results; return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a run of seconds (for CI)")
-    parser.add_argument("--out", type=Path, default=Path.cwd(), help="folder for the results")
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench/results"), help="folder for the results"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
