@@ -42,6 +42,20 @@ TRUNCATED_PREFIX_CHARS = 4096
 MAX_INLINE_BYTES = 64_000
 _MAX_DEPTH = 40
 
+# A JSON path is built only when a note needs it: until then it is a chain of
+# (parent, key or index, kind) tuples, which costs far less than formatting every path.
+_KEY, _INDEX = 0, 1
+_Path = str | tuple[Any, Any, int]
+
+
+def _render(path: _Path) -> str:
+    parts: list[str] = []
+    while isinstance(path, tuple):
+        path, key, kind = path
+        parts.append(f".{key}" if kind == _KEY else f"[{key}]")
+    parts.append(path)
+    return "".join(reversed(parts))
+
 
 class PayloadConverter:
     """Converts values to JSON-able data, collecting notes on lossy conversions."""
@@ -62,11 +76,27 @@ class PayloadConverter:
         """Return the JSON-able form of ``value``; lossy steps are added to ``notes``."""
         return self._convert(value, path, 0)
 
-    def _note(self, path: str, what: str) -> None:
-        self.notes[path] = what
+    def _note(self, path: _Path, what: str) -> None:
+        self.notes[_render(path)] = what
 
-    def _convert(self, value: Any, path: str, depth: int) -> Any:
-        if value is None or isinstance(value, (bool, int)):
+    def _convert(self, value: Any, path: _Path, depth: int) -> Any:
+        # Exact types first: most payloads are plain JSON already (messages, outputs).
+        kind = type(value)
+        if kind is str:
+            return self._string(value, path)
+        if value is None or kind is int or kind is bool:
+            return value
+        if kind is dict and depth <= _MAX_DEPTH:
+            return {
+                k if type(k) is str else str(k): self._convert(v, (path, k, _KEY), depth + 1)
+                for k, v in value.items()
+            }
+        if kind is list and depth <= _MAX_DEPTH:
+            return [self._convert(v, (path, i, _INDEX), depth + 1) for i, v in enumerate(value)]
+        return self._convert_other(value, path, depth)
+
+    def _convert_other(self, value: Any, path: _Path, depth: int) -> Any:
+        if isinstance(value, (bool, int)):
             return value
         if isinstance(value, str):
             return self._string(value, path)
@@ -79,18 +109,20 @@ class PayloadConverter:
             self._note(path, "nested too deeply: stored as repr")
             return self._repr(value)
         if isinstance(value, Mapping):
-            return {str(k): self._convert(v, f"{path}.{k}", depth + 1) for k, v in value.items()}
+            return {str(k): self._convert(v, (path, k, _KEY), depth + 1) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return [self._convert(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+            return [self._convert(v, (path, i, _INDEX), depth + 1) for i, v in enumerate(value)]
         if isinstance(value, (set, frozenset)):
             self._note(path, "set stored as a sorted list")
-            items = [self._convert(v, f"{path}[]", depth + 1) for v in value]
+            items = [self._convert(v, (path, "", _INDEX), depth + 1) for v in value]
             return sorted(items, key=repr)
         if isinstance(value, (bytes, bytearray, memoryview)):
             return self._bytes(bytes(value), path)
         return self._object(value, path, depth)
 
-    def _string(self, value: str, path: str) -> Any:
+    def _string(self, value: str, path: _Path) -> Any:
+        if not self.secrets and len(value) * 4 <= self.max_string_bytes:
+            return value  # fast path: cannot be over the limit even if all 4-byte chars
         for secret in self.secrets:
             if secret and secret in value:
                 value = value.replace(secret, "[secret removed]")
@@ -99,7 +131,7 @@ class PayloadConverter:
         if redacted_by:
             self._note(path, "redacted: " + ", ".join(redacted_by))
         if len(value) * 4 <= self.max_string_bytes:
-            return value  # fast path: cannot be over the limit even if all 4-byte chars
+            return value
         encoded = value.encode("utf-8", "surrogatepass")
         if len(encoded) <= self.max_string_bytes:
             return value
@@ -111,7 +143,7 @@ class PayloadConverter:
             "prefix": value[:TRUNCATED_PREFIX_CHARS],
         }
 
-    def _bytes(self, data: bytes, path: str) -> dict[str, Any]:
+    def _bytes(self, data: bytes, path: _Path) -> dict[str, Any]:
         out: dict[str, Any] = {"$bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         if len(data) <= MAX_INLINE_BYTES:
             out["base64"] = base64.b64encode(data).decode("ascii")
@@ -119,7 +151,7 @@ class PayloadConverter:
             self._note(path, f"{len(data)} bytes stored as digest only")
         return out
 
-    def _object(self, value: Any, path: str, depth: int) -> Any:
+    def _object(self, value: Any, path: _Path, depth: int) -> Any:
         if isinstance(value, (dt.datetime, dt.date, dt.time)):
             return value.isoformat()
         if isinstance(value, (uuid.UUID, PurePath)):

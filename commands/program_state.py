@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from commands.drafts import DatasetDraft, VersionDraft
 from commands.payloads import to_json
 from commands.secrets import split_secrets
+from commands.version_cache import VersionCache
 from ledger.domain import ProgramVersion
 from ledger.hashing import digest
 
@@ -17,12 +19,22 @@ def module_path(program: Any) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+_versions = VersionCache()
+
+
 def version_of(program: Any) -> VersionDraft | None:
     """The content-addressed version of a program's current state, or None if unknown.
 
     The hash covers the module path and the dumped state (``dump_state()``, secrets
     removed), so two different programs with equal state are different versions.
+    It is computed again only when the program's state has changed
+    (:mod:`commands.version_cache`); each caller gets its own copy of the draft.
     """
+    version = _versions.get(program, _compute_version)
+    return copy.copy(version) if version is not None else None
+
+
+def _compute_version(program: Any) -> VersionDraft | None:
     dump = getattr(program, "dump_state", None)
     if not callable(dump):
         return None

@@ -27,7 +27,7 @@ from typing import Any
 from dspy.utils.callback import BaseCallback
 from dspy.utils.callback_context import ACTIVE_CALL_ID
 
-from commands import lm_capture, scope
+from commands import hooks, lm_capture, scope
 from commands.drafts import (
     CallNode,
     EvaluationDraft,
@@ -93,8 +93,14 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             logger.exception("dspy-ledger could not record %s; the program carries on.", what)
 
     def _parent(self) -> _Active | None:
+        # DSPy carries ACTIVE_CALL_ID into worker threads; the hooks' own variable
+        # names the parent when DSPy's wrapper (other callbacks) has replaced it.
         parent_id = ACTIVE_CALL_ID.get()
-        return self._active.get(parent_id) if parent_id is not None else None
+        parent = self._active.get(parent_id) if parent_id is not None else None
+        if parent is None:
+            own_id = hooks.current_call.get()
+            parent = self._active.get(own_id) if own_id is not None else None
+        return parent
 
     def _who(self, parent: _Active | None) -> tuple[str, str]:
         actor = scope.current_actor() or (parent.actor if parent else self._default_actor)

@@ -66,6 +66,8 @@ def install() -> None:
         _raise_parked()
         return result
 
-    dspy.Module.__call__ = call
-    dspy.Module.acall = acall
+    from commands.hooks import mark_installed
+
+    dspy.Module.__call__ = mark_installed(call)
+    dspy.Module.acall = mark_installed(acall)
     _installed = True

@@ -7,10 +7,16 @@
   away, ``submit`` blocks (backpressure) rather than drop anything. Failed batches are
   retried with exponential backoff until they commit or the ledger is closed;
   ``flush()`` returns only once everything submitted before it is committed.
+
+A batch is committed when it is full, when no draft has arrived for ``linger`` seconds,
+or at once when someone waits in ``flush()``. Lingering a few milliseconds turns a
+stream of single drafts into batches of dozens: one transaction, one disk sync and one
+round of the library's bookkeeping for all of them (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -26,6 +32,9 @@ from ledger.domain import Dataset, ProgramVersion
 from ledger.errors import RecordingError, StoreUnavailableError
 
 logger = logging.getLogger("dspy_ledger")
+
+#: Put in the queue by ``flush()`` to wake a lingering writer; never committed.
+_WAKE = object()
 
 
 class WriterStats:
@@ -128,12 +137,15 @@ class AsyncWriter:
         max_queue: int = 10_000,
         max_batch: int = 500,
         max_backoff: float = 5.0,
+        linger: float = 0.02,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.handler = handler
         self.stats = WriterStats()
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
         self._max_batch = max_batch
+        self._linger = linger
+        self._waiters = 0  # threads blocked in flush(): commit without lingering
         self._max_backoff = max_backoff
         self._on_error = on_error
         self._cond = threading.Condition()
@@ -165,16 +177,25 @@ class AsyncWriter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self.stats.submitted
-            while self.stats.committed < target:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    pending = target - self.stats.committed
-                    msg = (
-                        f"{pending} recorded call(s) are not yet written to the ledger "
-                        f"(last error: {self.stats.last_error or 'none'})."
-                    )
-                    raise RecordingError(msg, pending=pending)
-                self._cond.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
+            if self.stats.committed >= target:
+                return
+            self._waiters += 1
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_WAKE)  # end the writer's lingering now
+        with self._cond:
+            try:
+                while self.stats.committed < target:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        pending = target - self.stats.committed
+                        msg = (
+                            f"{pending} recorded call(s) are not yet written to the ledger "
+                            f"(last error: {self.stats.last_error or 'none'})."
+                        )
+                        raise RecordingError(msg, pending=pending)
+                    self._cond.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
+            finally:
+                self._waiters -= 1
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Flush, then stop the writer thread.
@@ -189,16 +210,27 @@ class AsyncWriter:
             self._thread.join(timeout=5)
 
     def _take_batch(self) -> list[object]:
+        batch: list[object] = []
         try:
             first = self._queue.get(timeout=0.2)
         except queue.Empty:
-            return []
-        batch = [first]
+            return batch
+        if first is not _WAKE:
+            batch.append(first)
+        deadline = time.monotonic() + self._linger
         while len(batch) < self._max_batch:
             try:
-                batch.append(self._queue.get_nowait())
+                item = self._queue.get_nowait()
             except queue.Empty:
-                break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._waiters or self._stopping.is_set():
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is not _WAKE:
+                batch.append(item)
         return batch
 
     def _run(self) -> None:

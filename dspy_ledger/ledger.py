@@ -17,7 +17,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from commands import scope, strict
+from commands import hooks, scope, strict
 from commands.handlers import DraftHandler
 from commands.payloads import DEFAULT_MAX_STRING_BYTES
 from commands.recorder import LedgerRecorder
@@ -132,28 +132,22 @@ class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin, ReplayMixin):
 
     def instrument(self) -> Instrumentation:
         """Record every DSPy call from now on (usable as a context manager)."""
-        import dspy
-
         with self._lock:
             if not self._instrumented:
+                # The hooks first: strict's wrapper must sit outside them, so that a
+                # parked write error is raised after the recorder has seen the end.
+                hooks.attach(self._recorder)
                 if self.durability == "sync":
                     strict.install()
-                callbacks = list(dspy.settings.get("callbacks") or [])
-                if self._recorder not in callbacks:
-                    callbacks.append(self._recorder)
-                    _set_callbacks(callbacks)
                 self._instrumented = True
         return Instrumentation(self)
 
     def uninstrument(self) -> None:
         """Stop recording DSPy calls (already recorded ones are kept)."""
-        import dspy
-
         with self._lock:
             if not self._instrumented:
                 return
-            callbacks = [c for c in dspy.settings.get("callbacks") or [] if c is not self._recorder]
-            _set_callbacks(callbacks)
+            hooks.detach(self._recorder)
             self._instrumented = False
 
     def acting_as(self, actor: str) -> AbstractContextManager[None]:
@@ -283,21 +277,6 @@ class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin, ReplayMixin):
             totals["exported_spans"] += self._owned_tracing.delivery.exported
             totals["dropped_spans"] += self._owned_tracing.delivery.dropped
         return totals
-
-
-def _set_callbacks(callbacks: list[Any]) -> None:
-    """Set DSPy's global callbacks, and those of an enclosing ``dspy.context`` block.
-
-    ``dspy.context`` snapshots the global settings when it is entered, so a recorder
-    installed inside such a block must be added to the block's overrides as well.
-    """
-    import dspy
-    from dspy.dsp.utils.settings import thread_local_overrides
-
-    dspy.settings.configure(callbacks=list(callbacks))
-    overrides = thread_local_overrides.get()
-    if "callbacks" in overrides:
-        overrides["callbacks"] = list(callbacks)
 
 
 def parse_stream_id(value: UUID | str) -> UUID:

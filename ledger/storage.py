@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ledger.compression import compressor_topic
 from ledger.errors import StorageURLError
 
 #: Environment variable that names the store when no URL is given explicitly.
@@ -70,6 +71,7 @@ class StoreURL:
                     else self.sqlite_path
                 ),
                 "SQLITE_LOCK_TIMEOUT": "30",
+                "COMPRESSOR_TOPIC": compressor_topic(),
             }
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -82,6 +84,7 @@ class StoreURL:
             "POSTGRES_POOL_SIZE": "5",
             "POSTGRES_MAX_OVERFLOW": "10",
             "POSTGRES_PRE_PING": "y",
+            "COMPRESSOR_TOPIC": compressor_topic(),
         }
         if self.schema:
             env["POSTGRES_SCHEMA"] = self.schema

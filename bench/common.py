@@ -1,0 +1,163 @@
+"""What the benchmark sections share: the row format, the workload, timing and stores."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypedDict
+
+
+class Row(TypedDict):
+    """One measured figure, as every section module returns it."""
+
+    section: str
+    name: str
+    value: float
+    unit: str
+    baseline: float | None
+    ratio: float | None
+    target: str | None
+
+
+def row(
+    section: str,
+    name: str,
+    value: float,
+    unit: str,
+    *,
+    baseline: float | None = None,
+    target: str | None = None,
+) -> Row:
+    """A result row; the ratio is value / baseline when there is a baseline."""
+    ratio = value / baseline if baseline else None
+    return Row(
+        section=section,
+        name=name,
+        value=value,
+        unit=unit,
+        baseline=baseline,
+        ratio=ratio,
+        target=target,
+    )
+
+
+ANSWER = {"reasoning": "Two and two make four.", "answer": "4"}
+
+
+def configure_dspy() -> Any:
+    """Configure DSPy with a ``DummyLM`` that answers forever; return the LM."""
+    import dspy
+    from dspy.utils.dummies import DummyLM
+
+    lm = DummyLM([ANSWER])
+    lm.answers = itertools.repeat(ANSWER)  # never runs out, and is safe across threads
+    dspy.configure(lm=lm)
+    return lm
+
+
+def make_program() -> Any:
+    """The workload every section measures: a ``ChainOfThought`` answering a question."""
+    import dspy
+
+    return dspy.ChainOfThought("question -> answer")
+
+
+def predict_many(program: Any, count: int, offset: int = 0) -> float:
+    """Run ``count`` predictions; return the seconds they took."""
+    started = time.perf_counter()
+    for i in range(offset, offset + count):
+        program(question=f"What is 2 + 2? (#{i})")
+    return time.perf_counter() - started
+
+
+def median(values: list[float]) -> float:
+    """The median (robust to the noise of a shared machine)."""
+    return float(statistics.median(values))
+
+
+def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run every variant once per round, in turn, and collect what each returns.
+
+    Interleaving spreads the machine's drift (other processes, CPU frequency) evenly
+    over all variants, so their ratios stay meaningful on a noisy machine.
+    """
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, measure in variants.items():
+            results[name].append(measure())
+    return results
+
+
+POSTGRES_ENV = "DSPY_LEDGER_BENCH_POSTGRES_URL"
+DEFAULT_POSTGRES = os.environ.get(
+    "DSPY_LEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def postgres_base_url() -> str | None:
+    """The PostgreSQL server to measure against, or None if none answers."""
+    url = os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES)
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=3):
+            pass
+    except Exception:
+        return None
+    return url
+
+
+@contextmanager
+def compression(setting: str) -> Iterator[None]:
+    """Store the events of ledgers opened in the block compressed (``zlib``) or not."""
+    from ledger.compression import COMPRESSION_ENV_VAR
+
+    before = os.environ.get(COMPRESSION_ENV_VAR)
+    os.environ[COMPRESSION_ENV_VAR] = setting
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[COMPRESSION_ENV_VAR]
+        else:
+            os.environ[COMPRESSION_ENV_VAR] = before
+
+
+def backends() -> list[str]:
+    """The stores to measure: SQLite always, PostgreSQL when a server answers."""
+    return ["sqlite", "postgres"] if postgres_base_url() is not None else ["sqlite"]
+
+
+@contextmanager
+def fresh_store(backend: str) -> Iterator[str]:
+    """Yield the URL of a new, empty store (a temporary SQLite file or PostgreSQL
+    schema), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="dspy-ledger-bench-") as folder:
+        if backend == "sqlite":
+            yield f"sqlite:///{folder}/ledger.db"
+            return
+        base = postgres_base_url()
+        if base is None:
+            msg = "PostgreSQL is not reachable."
+            raise RuntimeError(msg)
+        schema = f"bench_{uuid.uuid4().hex[:12]}"
+        try:
+            yield f"{base}?schema={schema}"
+        finally:
+            _drop_schema(base, schema)
+
+
+def _drop_schema(url: str, schema: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+        )

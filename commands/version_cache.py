@@ -1,0 +1,168 @@
+"""Remembering a program's version between calls, and noticing when its state changes.
+
+Hashing a program's state (``dump_state()``) on every prediction is the recorder's single
+largest cost: DSPy walks every attribute of every sub-module, including each module's
+call history, which grows with every call (up to ``max_history_size``). So the version
+is computed once per program object and reused for as long as nothing it depends on has
+changed.
+
+"Nothing has changed" is checked by identity, cheaply and without walking histories:
+the cache keeps a *fingerprint*, the ids of the attributes of every object the state is
+built from (the program, its sub-modules, their predictors, the predictors' LMs and
+demos), one level deep: each attribute's value, and for a list, tuple or dict the items
+it holds. Any assignment (``predictor.demos = ...``, ``lm.kwargs["temperature"] = 0.9``,
+``demos.append(...)``, ``load_state``, ``with_instructions``) changes an id in it, so the
+next call hashes the state again. The cache holds references to everything it took the
+id of, so no new object can reuse such an id while the entry lives.
+
+A change made deeper than one level inside an attribute (mutating a nested list inside a
+demo's field in place) is not seen until the next full hash, which happens at the latest
+after :data:`RECHECK_EVERY` calls or :data:`RECHECK_SECONDS` seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+#: DSPy's own bookkeeping, which is not part of a program's state and changes every call.
+_SKIPPED = frozenset({"history", "callbacks"})
+#: Containers larger than this are not snapshotted item by item; the program is re-hashed.
+_MAX_ITEMS = 1000
+#: The state is hashed again after this many cached calls ...
+RECHECK_EVERY = 1000
+#: ... or after this many seconds, whichever comes first.
+RECHECK_SECONDS = 5.0
+
+T = TypeVar("T")
+
+
+def _fingerprint(objects: list[Any]) -> tuple[int, ...] | None:
+    """The ids of every attribute value (and container item) of ``objects``, in order.
+
+    Comparing ids is safe here because the cache entry keeps the values it fingerprinted
+    alive (:func:`_references`): no new object can take the id of one still alive.
+    """
+    ids: list[int] = []
+    append, extend = ids.append, ids.extend
+    for obj in objects:
+        attributes = getattr(obj, "__dict__", None)
+        if attributes is None:
+            continue
+        append(len(attributes))
+        for key, value in attributes.items():
+            if key in _SKIPPED:
+                continue
+            append(id(key))
+            append(id(value))
+            if isinstance(value, (list, tuple)):
+                if len(value) > _MAX_ITEMS:
+                    return None
+                append(len(value))
+                extend(map(id, value))
+            elif isinstance(value, dict):
+                if len(value) > _MAX_ITEMS:
+                    return None
+                append(len(value))
+                extend(map(id, value))
+                extend(map(id, value.values()))
+    return tuple(ids)
+
+
+def _references(objects: list[Any]) -> list[Any]:
+    """Everything :func:`_fingerprint` took the id of, to keep it alive."""
+    refs: list[Any] = []
+    for obj in objects:
+        for key, value in getattr(obj, "__dict__", {}).items():
+            refs.append(key)
+            refs.append(value)
+            if isinstance(value, (list, tuple)):
+                refs.extend(value)
+            elif isinstance(value, dict):
+                refs.extend(value.items())
+    return refs
+
+
+def _tracked(program: Any) -> list[Any]:
+    """The program and every object its dumped state is built from.
+
+    Walks sub-modules the way DSPy's ``named_parameters`` does (attributes, and items of
+    lists, tuples and dicts) but never into DSPy's per-call histories.
+    """
+    from dspy.primitives.base_module import BaseModule
+
+    objects: list[Any] = []
+    seen: set[int] = set()
+    pending: list[Any] = [program]
+    while pending:
+        obj = pending.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            pending.extend(obj[:_MAX_ITEMS])
+            continue
+        if isinstance(obj, dict):
+            pending.extend(list(obj.values())[:_MAX_ITEMS])
+            continue
+        if not isinstance(obj, BaseModule) and obj is not program:
+            continue
+        objects.append(obj)
+        for key, value in vars(obj).items():
+            if key in _SKIPPED:
+                continue
+            if key == "lm" and value is not None:
+                objects.append(value)
+            elif key == "demos" and isinstance(value, list):
+                objects.extend(demo for demo in value[:_MAX_ITEMS] if hasattr(demo, "__dict__"))
+            else:
+                pending.append(value)
+    return objects
+
+
+class _Entry:
+    __slots__ = ("calls", "fingerprint", "objects", "references", "stamp", "value")
+
+    def __init__(
+        self, value: Any, objects: list[Any], fingerprint: tuple[int, ...], references: list[Any]
+    ) -> None:
+        self.value = value
+        self.objects = objects
+        self.fingerprint = fingerprint
+        self.references = references
+        self.calls = 0
+        self.stamp = time.monotonic()
+
+
+class VersionCache:
+    """Computes a value from a program's state once, until that state changes."""
+
+    def __init__(self) -> None:
+        self._entries: weakref.WeakKeyDictionary[Any, _Entry] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, program: Any, compute: Callable[[Any], T]) -> T:
+        """``compute(program)``, or the value computed last time if nothing changed."""
+        try:
+            entry = self._entries.get(program)
+        except TypeError:  # not weak-referenceable or not hashable: no caching
+            return compute(program)
+        if entry is not None:
+            entry.calls += 1
+            fresh = entry.calls < RECHECK_EVERY and (
+                time.monotonic() - entry.stamp < RECHECK_SECONDS
+            )
+            if fresh and _fingerprint(entry.objects) == entry.fingerprint:
+                return entry.value  # type: ignore[no-any-return]
+        objects = _tracked(program)
+        references = _references(objects)  # taken first: what is fingerprinted stays alive
+        before = _fingerprint(objects)
+        value = compute(program)
+        # Cache only if nothing changed while hashing (another thread editing the program).
+        if before is not None and before == _fingerprint(objects):
+            with self._lock:
+                self._entries[program] = _Entry(value, objects, before, references)
+        return value

@@ -1,0 +1,48 @@
+"""The benchmark suite runs (quick mode) and writes its results: it cannot rot unseen."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW_KEYS = {"section", "name", "value", "unit", "baseline", "ratio", "target"}
+
+
+def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench-results.json").read_text())
+    rows = report["rows"]
+    assert report["meta"]["quick"] is True
+    assert all(set(item) == ROW_KEYS for item in rows)
+    sections = {item["section"] for item in rows}
+    assert {
+        "1. Recording overhead per prediction",
+        "2. Durable throughput",
+        "4. Storage",
+    } <= sections
+    names = {item["name"] for item in rows}
+    assert "async/sqlite (hot path)" in names
+    assert "ledger capacity: async/sqlite, 1 thread(s)" in names
+    for item in rows:
+        assert item["value"] > 0, item
+        if item["baseline"] is not None:
+            assert abs(item["ratio"] - item["value"] / item["baseline"]) < 1e-9
+    # Every recorded prediction stores something, and less than a megabyte.
+    stored = next(i for i in rows if i["name"] == "sqlite: event rows per prediction")
+    assert 200 < stored["value"] < 1_000_000
+    markdown = (tmp_path / "bench-results.md").read_text()
+    assert "| async/sqlite (hot path) |" in markdown
+    for optional in ("bench.views", "bench.integrity", "bench.replay"):
+        if not (ROOT / (optional.replace(".", "/") + ".py")).exists():
+            assert f"{optional} is not present; skipped." in result.stdout
