@@ -25,6 +25,7 @@ SECTIONS = (
     "bench.views",
     "bench.integrity",
     "bench.replay",
+    "bench.otel",
     "bench.storage",
 )
 

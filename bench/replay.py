@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import Row, row
+
 PROGRAM = "dspy_ledger.demo:build_program"
 TARGET_RATIO = 0.8
 
@@ -81,7 +83,7 @@ def _replay(ledger: Any) -> tuple[float, float]:
     return time.perf_counter() - started, report.totals.exact_match_rate
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+def run(quick: bool) -> list[Row]:
     """Measure and return the rows ``{section, name, value, unit, baseline, ratio, target}``."""
     import dspy_ledger
 
@@ -103,57 +105,42 @@ def run(quick: bool) -> list[dict[str, Any]]:
     bare_rate = count / min(bare)
     recorded_rate = count / min(recorded)
     replay_rate = count / min(replay)
-    section = "replay"
+    section = "4. Replay"
     return [
-        {
-            "section": section,
-            "name": "bare program against DummyLM (no ledger)",
-            "value": round(bare_rate, 1),
-            "unit": "predictions/s",
-            "baseline": None,
-            "ratio": None,
-            "target": None,
-        },
-        {
-            "section": section,
-            "name": "recorded replay (served from the record, replay recorded)",
-            "value": round(replay_rate, 1),
-            "unit": "predictions/s",
-            "baseline": round(bare_rate, 1),
-            "ratio": round(replay_rate / bare_rate, 3),
-            "target": TARGET_RATIO,
-        },
-        {
-            "section": section,
-            "name": "the same program recorded by the ledger (async writer)",
-            "value": round(recorded_rate, 1),
-            "unit": "predictions/s",
-            "baseline": round(bare_rate, 1),
-            "ratio": round(recorded_rate / bare_rate, 3),
-            "target": None,
-        },
-        {
-            "section": section,
-            "name": "recorded replay vs the same program recorded",
-            "value": round(replay_rate, 1),
-            "unit": "predictions/s",
-            "baseline": round(recorded_rate, 1),
-            "ratio": round(replay_rate / recorded_rate, 3),
-            "target": TARGET_RATIO,
-        },
-        {
-            "section": section,
-            "name": "recorded replay exact-match rate",
-            "value": match,
-            "unit": "fraction",
-            "baseline": None,
-            "ratio": None,
-            "target": 1.0,
-        },
+        row(section, "bare program against DummyLM (no ledger)", bare_rate, "predictions/s"),
+        row(
+            section,
+            "recorded replay (served from the record, replay recorded)",
+            replay_rate,
+            "predictions/s",
+            baseline=bare_rate,
+            target=f">= {TARGET_RATIO}x bare",
+        ),
+        row(
+            section,
+            "the same program recorded by the ledger (async writer)",
+            recorded_rate,
+            "predictions/s",
+            baseline=bare_rate,
+        ),
+        row(
+            section,
+            "recorded replay vs the same program recorded",
+            replay_rate,
+            "predictions/s",
+            baseline=recorded_rate,
+        ),
+        row(
+            section,
+            "recorded replay exact-match rate",
+            match,
+            "fraction",
+            target="1.0",
+        ),
     ]
 
 
 if __name__ == "__main__":
-    for row in run(quick="--quick" in sys.argv[1:]):
-        ratio = "" if row["ratio"] is None else f"  ratio {row['ratio']} (target {row['target']})"
-        print(f"{row['section']:<8} {row['name']:<60} {row['value']:>10} {row['unit']}{ratio}")
+    for item in run(quick="--quick" in sys.argv[1:]):
+        ratio = "" if item["ratio"] is None else f"  ratio {item['ratio']:.3f}"
+        print(f"{item['name']:<60} {item['value']:>10.1f} {item['unit']}{ratio}")

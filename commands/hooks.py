@@ -237,9 +237,16 @@ def _mark(wrapper: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _is_dspy_wrapper(fn: Any) -> bool:
-    # functools.wraps copies the wrapped method's name; the code object keeps the truth.
-    qualname = getattr(getattr(fn, "__code__", None), "co_qualname", "")
-    return "with_callbacks.<locals>" in qualname or "with_compile_callbacks.<locals>" in qualname
+    """True if ``fn`` is DSPy's callback wrapper, or wraps it (e.g. governance's LM guard)."""
+    for _ in range(8):  # a short chain: DSPy's wrapper under at most a few others
+        # functools.wraps copies the wrapped method's name; the code object keeps the truth.
+        qualname = getattr(getattr(fn, "__code__", None), "co_qualname", "")
+        if "with_callbacks.<locals>" in qualname or "with_compile_callbacks.<locals>" in qualname:
+            return True
+        fn = getattr(fn, "__wrapped__", None)
+        if fn is None:
+            return False
+    return False
 
 
 def _hook_class(cls: type) -> None:

@@ -121,8 +121,7 @@ class PayloadConverter:
         return self._object(value, path, depth)
 
     def _string(self, value: str, path: _Path) -> Any:
-        if not self.secrets and len(value) * 4 <= self.max_string_bytes:
-            return value  # fast path: cannot be over the limit even if all 4-byte chars
+        # Redaction runs on every string (the secrets redactor cannot be turned off).
         for secret in self.secrets:
             if secret and secret in value:
                 value = value.replace(secret, "[secret removed]")

@@ -41,6 +41,7 @@ from commands.program_state import dataset_of, inputs_digest, version_of
 from commands.secrets import secret_values, split_secrets
 from commands.telemetry import Telemetry
 from commands.tracing import current_trace_ids
+from ledger.errors import GovernanceError
 
 logger = logging.getLogger("dspy_ledger")
 
@@ -251,6 +252,10 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         lm_trace_id, lm_span_id = self.telemetry.lm_ended(
             call_id, node.name, program, slot.get("entry"), exception, prediction=active.standalone
         )
+        if isinstance(exception, GovernanceError):
+            # Refused before any request: governance records it as ExecutionDenied. The
+            # refused node stays in the call tree (with its error); no model call happened.
+            return
 
         def capture() -> None:
             lm = slot.get("lm")

@@ -69,7 +69,12 @@ class LedgerApplication(Application[UUID]):
 
     def construct_mapper(self) -> Mapper[UUID]:
         """The library's mapper, extended to encrypt personal data per data subject."""
-        return PrivacyMapper(transcoder=self.construct_transcoder())
+        # The factory passes the configured compressor and cipher along with the class.
+        mapper = self.factory.mapper(
+            transcoder=self.construct_transcoder(), mapper_class=PrivacyMapper
+        )
+        assert isinstance(mapper, PrivacyMapper)
+        return mapper
 
     def save_aggregates(self, *aggregates: Aggregate) -> int | None:
         """Commit the pending events of the given aggregates in one transaction.
