@@ -162,10 +162,10 @@ def test_threads_of_an_evaluation_link_to_it_beside_another_callback(ledger: Led
 
 
 def test_recording_survives_another_instrumentor_undoing_its_patches(ledger: Ledger) -> None:
-    dspy_instrumentation = pytest.importorskip("openinference.instrumentation.dspy")
+    from openinference.instrumentation.dspy import DSPyInstrumentor
     from opentelemetry.sdk.trace import TracerProvider
 
-    instrumentor = dspy_instrumentation.DSPyInstrumentor()
+    instrumentor = DSPyInstrumentor()
     instrumentor.instrument(tracer_provider=TracerProvider())
     instrumentor.uninstrument()  # follows __wrapped__ chains to their end
     with dspy.context(lm=answers(1, answer="a")):
