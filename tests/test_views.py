@@ -152,7 +152,7 @@ def test_unknown_event_types_are_skipped_and_counted(sqlite_url: str) -> None:
         record_prediction(ledger, actor="a", calls=[("m1", 0.25, False)], at=T0)
         projection = open_view(ledger.app, "cost")
         batch = ledger.app.recorder.select_notifications(start=1, limit=100)
-        items = [projection._decode(n) for n in batch]
+        items = [projection.reader.decode(n) for n in batch]
         items.insert(1, (0, "SomethingFromTheFuture", None))
         from eventsourcing.persistence import Tracking
 
