@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.rows import Row, bench_row
 from bench.synthetic import generate
 from dspy_ledger.ledger import Ledger
 from projections.runner import VIEW_NAMES, open_view, rebuild
-
-Row = dict[str, Any]
 
 
 def _row(
@@ -38,15 +37,7 @@ def _row(
     ratio = None
     if baseline:
         ratio = value / baseline if higher_is_better else baseline / value
-    return {
-        "section": "views",
-        "name": name,
-        "value": round(value, 3),
-        "unit": unit,
-        "baseline": None if baseline is None else round(baseline, 3),
-        "ratio": None if ratio is None else round(ratio, 2),
-        "target": target,
-    }
+    return bench_row("views", name, value, unit, baseline=baseline, ratio=ratio, target=target)
 
 
 def _rebuild_rate(ledger: Ledger, view: str, *, fast: bool) -> float:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.persistence import Notification
 from pydantic import BaseModel
 
+from dspy_ledger.checkpointing import AutoCheckpointer, CheckpointPolicy
 from ledger.application import LedgerApplication
 from ledger.errors import InvalidInputError
 from ledger.integrity.bundle import write_bundle
@@ -64,6 +65,7 @@ class IntegrityMixin:
     store: StoreURL
     actor: str
     _merkle_log: MerkleLog | None = None
+    _auto_checkpoints: AutoCheckpointer | None = None
 
     @property
     def merkle_log(self) -> MerkleLog:
@@ -71,6 +73,24 @@ class IntegrityMixin:
         if self._merkle_log is None:
             self._merkle_log = MerkleLog(self.app)
         return self._merkle_log
+
+    def start_auto_checkpoints(self, policy: CheckpointPolicy | None = None) -> None:
+        """Checkpoint automatically as the ledger grows (policy: the environment's)."""
+        policy = policy or CheckpointPolicy.from_environment()
+        if not policy.enabled or self._auto_checkpoints is not None:
+            return
+
+        def take() -> int:
+            info = self.checkpoint(policy.key_path)
+            return info.recorded_at or info.last_position
+
+        self._auto_checkpoints = AutoCheckpointer(policy, self.app.last_position, take).start()
+
+    def stop_auto_checkpoints(self) -> None:
+        """Stop automatic checkpoints (waits for one in progress)."""
+        if self._auto_checkpoints is not None:
+            self._auto_checkpoints.stop()
+            self._auto_checkpoints = None
 
     def verify(
         self,

@@ -90,6 +90,7 @@ class Ledger(IntegrityMixin):
         self._closed = False
         self._lock = threading.Lock()
         atexit.register(self._close_at_exit)
+        self.start_auto_checkpoints()
 
     # -- recording -------------------------------------------------------------------
 
@@ -181,6 +182,7 @@ class Ledger(IntegrityMixin):
         self._closed = True
         atexit.unregister(self._close_at_exit)
         self.uninstrument()
+        self.stop_auto_checkpoints()
         try:
             self._writer.close(timeout)
         finally:

@@ -166,6 +166,7 @@ class FieldReader:
         params = (start, stop, limit)
         if self.sqlite:
             with datastore.transaction(commit=False) as c:
+                c.row_factory = None  # plain tuples: no Row object per event
                 c.execute(self._statement, params)
                 return list(c.fetchall())
         with datastore.get_connection() as conn, conn.cursor() as curs:
@@ -188,8 +189,7 @@ class FieldReader:
             found = self._types[topic] = split_topic(topic)[1]
         return found
 
-    def _item(self, row: Any) -> ViewItem:
-        values = tuple(row)
+    def _item(self, values: Any) -> ViewItem:
         event_type = self.event_type(values[1])
         attributes: dict[str, Any] = {
             "originator_id": dashed(values[2]),

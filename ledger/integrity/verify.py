@@ -19,6 +19,7 @@ are hashed into the log afterwards, and only when everything else verified.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from eventsourcing.persistence import Notification
@@ -27,8 +28,9 @@ from pydantic import BaseModel
 from ledger.application import LedgerApplication
 from ledger.integrity.checkpoint import CHECKPOINT_TOPIC, Checkpoint
 from ledger.integrity.leaf import event_leaf_hash
-from ledger.integrity.log import LeafRow, MerkleLog
+from ledger.integrity.log import LeafRow, LogState, MerkleLog
 from ledger.integrity.merkle import Frontier, MerkleError, verify_consistency
+from ledger.integrity.scan import extend_frontier, read_event_rows
 
 ProblemKind = Literal["modified", "missing", "inserted", "reordered", "checkpoint", "frontier"]
 
@@ -94,16 +96,21 @@ def verify_log(
     against: Checkpoint | None = None,
     update: bool = True,
     progress: Callable[[int], None] | None = None,
+    batched: bool = True,
 ) -> VerifyReport:
     """Recompute the whole log from the stored events; report the first problem found.
 
     With ``against``, also prove that today's log extends that checkpoint. With
     ``update`` (the default), hash events newer than the log once all else verified.
+    ``batched`` compares whole batches first (``False``: leaf by leaf throughout).
     """
     state = log.state()
     checkpoints: dict[int, list[_RecordedCheckpoint]] = {}
     for recorded in recorded_checkpoints(app):
         checkpoints.setdefault(recorded.tree_size, []).append(recorded)
+    fast = _fast_scan(app, log, state.last_position, checkpoints, progress) if batched else None
+    if fast is not None:
+        return _finish(log, state, against, update, fast)
     frontier = Frontier()
     rows = iter(app.notifications(batch_size=log.batch_size))
     leaves = log.iter_leaves()
@@ -111,18 +118,9 @@ def verify_log(
     leaf: LeafRow | None = next(leaves, None)
     checked = untracked = checkpoints_checked = pending = 0
 
-    def report(problem: Problem | None) -> VerifyReport:
-        return VerifyReport(
-            ok=problem is None,
-            events_checked=checked,
-            tree_size=state.frontier.size,
-            root_hash=state.frontier.root().hex(),
-            checkpoints_checked=checkpoints_checked,
-            untracked_events=untracked,
-            events_added=0,
-            against_tree_size=against.tree_size if against else None,
-            problem=problem,
-        )
+    def report(problem: Problem) -> VerifyReport:
+        scan = _Scan(frontier, checked, untracked, checkpoints_checked)
+        return _report(state, against, scan, problem)
 
     while row is not None or leaf is not None:
         if leaf is None:
@@ -206,6 +204,96 @@ def verify_log(
         leaf = next(leaves, None)
     if progress is not None and pending:
         progress(pending)
+    return _finish(
+        log, state, against, update, _Scan(frontier, checked, untracked, checkpoints_checked)
+    )
+
+
+@dataclass
+class _Scan:
+    """What a pass over events and leaves found, when every leaf matched its event."""
+
+    frontier: Frontier
+    checked: int
+    untracked: int
+    checkpoints_checked: int
+
+
+def _report(
+    state: LogState, against: Checkpoint | None, scan: _Scan, problem: Problem | None
+) -> VerifyReport:
+    return VerifyReport(
+        ok=problem is None,
+        events_checked=scan.checked,
+        tree_size=state.frontier.size,
+        root_hash=state.frontier.root().hex(),
+        checkpoints_checked=scan.checkpoints_checked,
+        untracked_events=scan.untracked,
+        events_added=0,
+        against_tree_size=against.tree_size if against else None,
+        problem=problem,
+    )
+
+
+def _fast_scan(
+    app: LedgerApplication,
+    log: MerkleLog,
+    last_position: int,
+    checkpoints: dict[int, list[_RecordedCheckpoint]],
+    progress: Callable[[int], None] | None,
+) -> _Scan | None:
+    """Compare events and leaves a batch at a time; ``None`` at the first disagreement.
+
+    Nothing is reported from here: on any disagreement the leaf-by-leaf pass runs and
+    names the first bad position exactly.
+    """
+    scan = _Scan(Frontier(), 0, 0, 0)
+    sizes = sorted(checkpoints)
+    position, index, size = 1, 0, log.batch_size
+    while True:
+        events = read_event_rows(app, position, size)
+        leaves = log.recorder.select_leaf_tuples(index, size)
+        n = min(len(events), len(leaves))
+        if len(leaves) > len(events):
+            return None  # a leaf without its event: missing
+        head = events[:n]
+        if [e[0] for e in head] != [leaf[1] for leaf in leaves]:
+            return None
+        digests = log.leaf_hasher.hash_rows(head)
+        if digests != [leaf[2] for leaf in leaves]:
+            return None
+        start = scan.frontier.size
+        for cut in (s for s in sizes if start < s <= start + n):
+            extend_frontier(scan.frontier, digests[scan.frontier.size - start : cut - start])
+            root = scan.frontier.root().hex()
+            if any(recorded.root_hash != root for recorded in checkpoints[cut]):
+                return None
+            scan.checkpoints_checked += len(checkpoints[cut])
+        extend_frontier(scan.frontier, digests[scan.frontier.size - start :])
+        scan.checked += n
+        tail = events[n:]
+        if any(e[0] <= last_position for e in tail):
+            return None  # an event the log passed over: inserted
+        scan.untracked += len(tail)
+        if progress is not None and events:
+            progress(len(events))
+        if len(events) < size:
+            return scan
+        position, index = events[-1][0] + 1, index + n
+
+
+def _finish(
+    log: MerkleLog,
+    state: LogState,
+    against: Checkpoint | None,
+    update: bool,
+    scan: _Scan,
+) -> VerifyReport:
+    """Check the log's own state and ``against``; hash new events if all verified."""
+    frontier = scan.frontier
+
+    def report(problem: Problem | None) -> VerifyReport:
+        return _report(state, against, scan, problem)
 
     if frontier.size != state.frontier.size or frontier.root() != state.frontier.root():
         return report(
@@ -222,8 +310,8 @@ def verify_log(
         if problem is not None:
             return report(problem)
     result = report(None)
-    if update and untracked:
-        result.events_added = log.catch_up(progress)
+    if update and scan.untracked:
+        result.events_added = log.catch_up()
     return result
 
 
