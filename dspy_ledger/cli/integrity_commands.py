@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -172,14 +173,41 @@ def bundle(  # noqa: PLR0917 - typer reads options from parameters
     sign: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
+    """Write an audit bundle (same as ``export --bundle FILE.zip``)."""
+    write_bundle_file(output, db, BundleSelection(stream, actor, since, until), sign, as_json)
+
+
+@dataclass(frozen=True)
+class BundleSelection:
+    """Which events go into a bundle, as given on the command line."""
+
+    stream: str | None = None
+    actor: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+
+def write_bundle_file(
+    output: Path,
+    db: str | None,
+    selection: BundleSelection,
+    sign: Path | None,
+    as_json: bool,
+) -> None:
     """Write an audit bundle: selected events, inclusion proofs and a fresh checkpoint."""
-    stream_id = parse_stream_id(stream) if stream else None
-    start, end = _parse_time(since, "--since"), _parse_time(until, "--until")
+    stream_id = parse_stream_id(selection.stream) if selection.stream else None
+    start = _parse_time(selection.since, "--since")
+    end = _parse_time(selection.until, "--until")
     ledger = Ledger(db, create=False)
     try:
         count, info = _call(
             lambda: ledger.bundle(
-                output, stream=stream_id, actor=actor, since=start, until=end, sign_key=sign
+                output,
+                stream=stream_id,
+                actor=selection.actor,
+                since=start,
+                until=end,
+                sign_key=sign,
             )
         )
     finally:
