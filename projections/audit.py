@@ -29,6 +29,7 @@ class AuditLogic(ViewRecorder):
 
     indexes: ClassVar[dict[str, tuple[str, str]]] = {
         "audit_events_actor": ("audit_events", "actor, position"),
+        "audit_events_time": ("audit_events", "occurred_at, position"),
     }
     fields: ClassVar[dict[str, tuple[str, ...]]] = dict.fromkeys(
         sorted(KNOWN_EVENT_TYPES), ("actor", "timestamp@time", "trace_id")
