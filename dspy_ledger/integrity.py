@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from eventsourcing.persistence import Notification
 from pydantic import BaseModel
 
@@ -98,10 +98,20 @@ class IntegrityMixin:
         against: Checkpoint | None = None,
         update: bool = True,
         progress: Progress | None = None,
+        public_key: Ed25519PublicKey | None = None,
     ) -> VerifyReport:
-        """Recompute every leaf and recorded checkpoint; report the first problem found."""
+        """Recompute every leaf and recorded checkpoint; report the first problem found.
+
+        With ``public_key``, also re-check the signature of every recorded checkpoint
+        that key signed.
+        """
         return verify_log(
-            self.app, self.merkle_log, against=against, update=update, progress=progress
+            self.app,
+            self.merkle_log,
+            against=against,
+            update=update,
+            progress=progress,
+            public_key=public_key,
         )
 
     def checkpoint(self, sign_key: Path | str | Ed25519PrivateKey | None = None) -> CheckpointInfo:

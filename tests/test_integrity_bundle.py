@@ -184,3 +184,26 @@ def test_selection_options_without_bundle_are_one_clear_error(signed: dict) -> N
     result = runner.invoke(app, ["export", "--db", signed["url"], "--actor", "auditor"])
     assert result.exit_code == 2
     assert "go with --bundle" in result.output
+
+
+def test_verify_rechecks_every_recorded_checkpoint_signature(signed: dict) -> None:
+    ok = runner.invoke(
+        app, ["verify", "--db", signed["url"], "--public-key", str(signed["pub"]), "--json"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["signatures_checked"] == 2  # the checkpoint and the bundle's
+    # Rewrite a recorded checkpoint's root: without the private key it cannot be re-signed.
+    _tamper(
+        signed["url"],
+        "UPDATE stored_events SET state = CAST(replace(CAST(state AS TEXT),"
+        " '\"root_hash\":\"', '\"root_hash\":\"0') AS BLOB) WHERE topic LIKE '%CheckpointRecorded'",
+        "UPDATE dspyledger_events SET state = convert_to(replace(convert_from(state, 'UTF8'),"
+        " '\"root_hash\":\"', '\"root_hash\":\"0'), 'UTF8') WHERE topic LIKE '%CheckpointRecorded'",
+    )
+    bad = runner.invoke(
+        app, ["verify", "--db", signed["url"], "--public-key", str(signed["pub"]), "--json"]
+    )
+    assert bad.exit_code == 16, bad.output
+    assert json.loads(bad.stdout)["problem"]["kind"] == "signature"
+    # Without the key the rewritten root still disagrees with the recomputed tree.
+    assert runner.invoke(app, ["verify", "--db", signed["url"]]).exit_code == 14

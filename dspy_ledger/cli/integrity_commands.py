@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -90,13 +91,14 @@ def verify(
 ) -> None:
     """Recompute every leaf of the Merkle log and name the first bad position, if any."""
 
-    def load() -> Checkpoint | None:
+    def load() -> tuple[Checkpoint | None, Ed25519PublicKey | None]:
         trusted = read_checkpoint(against) if against else None
-        if trusted is not None and public_key is not None:
-            trusted.check_signature(load_public_key(public_key))
-        return trusted
+        key = load_public_key(public_key) if public_key is not None else None
+        if trusted is not None and key is not None:
+            trusted.check_signature(key)
+        return trusted, key
 
-    trusted = _call(load)
+    trusted, key = _call(load)
     ledger = Ledger(db, create=False)
     try:
         total = ledger.app.last_position()
@@ -112,6 +114,7 @@ def verify(
             task = bar.add_task("verify", total=total)
             report = ledger.verify(
                 against=trusted,
+                public_key=key,
                 progress=lambda n: bar.update(task, advance=n),
             )
     finally:
@@ -121,7 +124,8 @@ def verify(
     elif report.problem is None:
         typer.echo(
             f"OK: {report.events_checked} events verified, {report.checkpoints_checked} "
-            f"checkpoints checked, root {report.root_hash} at tree size {report.tree_size}"
+            f"checkpoints checked ({report.signatures_checked} signatures), "
+            f"root {report.root_hash} at tree size {report.tree_size}"
             + (
                 f"; {report.events_added} new events added to the log"
                 if report.events_added

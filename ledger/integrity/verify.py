@@ -18,21 +18,26 @@ are hashed into the log afterwards, and only when everything else verified.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from eventsourcing.persistence import Notification
 from pydantic import BaseModel
 
 from ledger.application import LedgerApplication
-from ledger.integrity.checkpoint import CHECKPOINT_TOPIC, Checkpoint
+from ledger.integrity.checkpoint import CHECKPOINT_TOPIC, Checkpoint, key_id
+from ledger.integrity.errors import SignatureInvalidError
 from ledger.integrity.leaf import event_leaf_hash
 from ledger.integrity.log import LeafRow, LogState, MerkleLog
 from ledger.integrity.merkle import Frontier, MerkleError, verify_consistency
 from ledger.integrity.scan import extend_frontier, read_event_rows
 
-ProblemKind = Literal["modified", "missing", "inserted", "reordered", "checkpoint", "frontier"]
+ProblemKind = Literal[
+    "modified", "missing", "inserted", "reordered", "checkpoint", "frontier", "signature"
+]
 
 
 class Problem(BaseModel):
@@ -52,6 +57,7 @@ class VerifyReport(BaseModel):
     tree_size: int
     root_hash: str
     checkpoints_checked: int
+    signatures_checked: int = 0
     untracked_events: int
     events_added: int
     against_tree_size: int | None = None
@@ -62,6 +68,21 @@ class _RecordedCheckpoint(BaseModel):
     position: int
     tree_size: int
     root_hash: str
+    last_position: int = 0
+    time: str = ""
+    key_id: str | None = None
+    signature: str | None = None
+
+    def checkpoint(self) -> Checkpoint:
+        """The checkpoint as it was signed."""
+        return Checkpoint(
+            self.tree_size,
+            bytes.fromhex(self.root_hash),
+            self.last_position,
+            self.time,
+            self.key_id,
+            base64.b64decode(self.signature) if self.signature else None,
+        )
 
 
 def recorded_checkpoints(app: LedgerApplication) -> list[_RecordedCheckpoint]:
@@ -80,6 +101,10 @@ def recorded_checkpoints(app: LedgerApplication) -> list[_RecordedCheckpoint]:
                         position=notification.id,
                         tree_size=int(event.tree_size),
                         root_hash=str(event.root_hash),
+                        last_position=int(event.last_position),
+                        time=str(event.checkpoint_time),
+                        key_id=event.key_id,
+                        signature=event.signature,
                     )
                 )
             except Exception:
@@ -97,20 +122,29 @@ def verify_log(
     update: bool = True,
     progress: Callable[[int], None] | None = None,
     batched: bool = True,
+    public_key: Ed25519PublicKey | None = None,
 ) -> VerifyReport:
     """Recompute the whole log from the stored events; report the first problem found.
 
     With ``against``, also prove that today's log extends that checkpoint. With
     ``update`` (the default), hash events newer than the log once all else verified.
     ``batched`` compares whole batches first (``False``: leaf by leaf throughout).
+    With ``public_key``, every recorded checkpoint signed by that key must carry a
+    valid signature (a rewritten log cannot be re-signed without the private key).
     """
     state = log.state()
     checkpoints: dict[int, list[_RecordedCheckpoint]] = {}
-    for recorded in recorded_checkpoints(app):
+    recorded_list = recorded_checkpoints(app)
+    for recorded in recorded_list:
         checkpoints.setdefault(recorded.tree_size, []).append(recorded)
+    signed = _check_signatures(recorded_list, public_key)
+    if isinstance(signed, Problem):
+        return _report(state, against, _Scan(Frontier(), 0, 0, 0), signed)
     fast = _fast_scan(app, log, state.last_position, checkpoints, progress) if batched else None
     if fast is not None:
-        return _finish(log, state, against, update, fast)
+        return _finish(log, state, against, update, fast).model_copy(
+            update={"signatures_checked": signed}
+        )
     frontier = Frontier()
     rows = iter(app.notifications(batch_size=log.batch_size))
     leaves = log.iter_leaves()
@@ -204,9 +238,10 @@ def verify_log(
         leaf = next(leaves, None)
     if progress is not None and pending:
         progress(pending)
-    return _finish(
+    result = _finish(
         log, state, against, update, _Scan(frontier, checked, untracked, checkpoints_checked)
     )
+    return result.model_copy(update={"signatures_checked": signed})
 
 
 @dataclass
@@ -217,6 +252,32 @@ class _Scan:
     checked: int
     untracked: int
     checkpoints_checked: int
+
+
+def _check_signatures(
+    recorded: list[_RecordedCheckpoint], public_key: Ed25519PublicKey | None
+) -> int | Problem:
+    """Check the signature of every recorded checkpoint signed by ``public_key``."""
+    if public_key is None:
+        return 0
+    wanted = key_id(public_key)
+    checked = 0
+    for entry in recorded:
+        if entry.key_id != wanted:
+            continue
+        try:
+            entry.checkpoint().check_signature(public_key)
+        except (SignatureInvalidError, ValueError):  # ValueError: the fields were mangled
+            return Problem(
+                kind="signature",
+                position=entry.position,
+                leaf_index=None,
+                message=f"The checkpoint recorded at position {entry.position} "
+                f"(tree size {entry.tree_size}) is not validly signed by key {wanted[:16]}...: "
+                "it was altered after signing.",
+            )
+        checked += 1
+    return checked
 
 
 def _report(
