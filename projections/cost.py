@@ -105,7 +105,7 @@ class CostLogic(ViewRecorder):
             "cost_usd",
             "cached_cost_usd",
             "cache_hit",
-            "error@json",
+            "error",
         ),
         "PriceSet": (
             "model",

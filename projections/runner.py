@@ -32,7 +32,7 @@ VIEW_CLASSES: dict[str, tuple[type[Any], type[Any]]] = {
     "audit": (SQLiteAuditView, PostgresAuditView),
 }
 VIEW_NAMES = tuple(VIEW_CLASSES)
-DEFAULT_BATCH_SIZE = 5000
+DEFAULT_BATCH_SIZE = 20_000
 
 Progress = Callable[[int], None]
 
