@@ -12,6 +12,7 @@ from projections.base import (
     SQLiteView,
     ViewItem,
     ViewRecorder,
+    bounds,
 )
 
 
@@ -60,15 +61,11 @@ class AuditLogic(ViewRecorder):
 
     def by_actor(self, actor: str, since: str | None, until: str | None) -> list[dict[str, Any]]:
         """Everything one actor did, in position order."""
-        text = "SELECT * FROM {audit_events} WHERE actor = ?"
-        params: list[Any] = [actor]
-        if since is not None:
-            text += " AND occurred_at >= ?"
-            params.append(since)
-        if until is not None:
-            text += " AND occurred_at < ?"
-            params.append(until)
-        return self.rows(text + " ORDER BY position", params)
+        clauses, params = bounds("occurred_at", since, until)
+        where = " AND ".join(["actor = ?", *clauses])
+        return self.rows(
+            f"SELECT * FROM {{audit_events}} WHERE {where} ORDER BY position", [actor, *params]
+        )
 
 
 class SQLiteAuditView(AuditLogic, SQLiteView):

@@ -285,14 +285,20 @@ __all__ = [
 ]
 
 
-def time_window(since: str | None, until: str | None) -> tuple[str, list[Any]]:
-    """A WHERE clause (and its parameters) for rows between ``since`` and ``until``."""
+def bounds(column: str, low: str | None, high: str | None) -> tuple[list[str], list[Any]]:
+    """Conditions (and parameters) for ``low <= column < high``, skipping ``None`` ends."""
     clauses: list[str] = []
     params: list[Any] = []
-    if since is not None:
-        clauses.append("occurred_at >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append("occurred_at < ?")
-        params.append(until)
+    if low is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(low)
+    if high is not None:
+        clauses.append(f"{column} < ?")
+        params.append(high)
+    return clauses, params
+
+
+def time_window(since: str | None, until: str | None) -> tuple[str, list[Any]]:
+    """A WHERE clause (and its parameters) for rows between ``since`` and ``until``."""
+    clauses, params = bounds("occurred_at", since, until)
     return ("WHERE " + " AND ".join(clauses) if clauses else "", params)

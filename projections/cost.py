@@ -20,6 +20,7 @@ from projections.base import (
     SQLiteView,
     ViewItem,
     ViewRecorder,
+    bounds,
     context_kind,
     time_window,
 )
@@ -269,13 +270,7 @@ class CostLogic(ViewRecorder):
     ) -> list[dict[str, Any]]:
         columns = [COST_DIMENSIONS[name] for name in by]
         select = "".join(f"{c} AS {n}, " for n, c in zip(by, columns, strict=True))
-        clauses, params = [], []
-        if first_day is not None:
-            clauses.append("day >= ?")
-            params.append(first_day)
-        if end_day is not None:
-            clauses.append("day < ?")
-            params.append(end_day)
+        clauses, params = bounds("day", first_day, end_day)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         group = ", ".join([*columns, "model", "day"])
         sums = ", ".join(f"SUM({c}) AS {c}" for c in (*_SUMS, *_BILLABLE))

@@ -152,67 +152,59 @@ def verify_log(
     leaf: LeafRow | None = next(leaves, None)
     checked = untracked = checkpoints_checked = pending = 0
 
-    def report(problem: Problem) -> VerifyReport:
+    def report(
+        kind: ProblemKind, position: int | None, leaf_index: int | None, message: str
+    ) -> VerifyReport:
+        # The first problem found, reported with what had been verified before it.
         scan = _Scan(frontier, checked, untracked, checkpoints_checked)
-        return _report(state, against, scan, problem)
+        return _report(state, against, scan, _problem(kind, position, leaf_index, message))
 
     while row is not None or leaf is not None:
         if leaf is None:
             assert row is not None
             if row.id <= state.last_position:
                 return report(
-                    Problem(
-                        kind="inserted",
-                        position=row.id,
-                        leaf_index=None,
-                        message=f"An event was inserted at position {row.id}, "
-                        "which the Merkle log passed over when it was built.",
-                    )
+                    "inserted",
+                    row.id,
+                    None,
+                    f"An event was inserted at position {row.id}, "
+                    "which the Merkle log passed over when it was built.",
                 )
             untracked += 1
             row = next(rows, None)
             continue
         if row is None or row.id > leaf.position:
             return report(
-                Problem(
-                    kind="missing",
-                    position=leaf.position,
-                    leaf_index=leaf.index,
-                    message=f"The event at position {leaf.position} (leaf {leaf.index}) "
-                    "is missing from the store: it was deleted.",
-                )
+                "missing",
+                leaf.position,
+                leaf.index,
+                f"The event at position {leaf.position} (leaf {leaf.index}) "
+                "is missing from the store: it was deleted.",
             )
         if row.id < leaf.position:
             return report(
-                Problem(
-                    kind="inserted",
-                    position=row.id,
-                    leaf_index=None,
-                    message=f"An event was inserted at position {row.id}, "
-                    "which has no leaf in the Merkle log.",
-                )
+                "inserted",
+                row.id,
+                None,
+                f"An event was inserted at position {row.id}, which has no leaf in the Merkle log.",
             )
         digest = event_leaf_hash(row.topic, row.originator_id, row.originator_version, row.state)
         if digest != leaf.hash:
             moved = log.recorder.leaf_with_hash(digest)
             if moved is not None and moved.position != row.id:
                 return report(
-                    Problem(
-                        kind="reordered",
-                        position=row.id,
-                        leaf_index=leaf.index,
-                        message=f"The event stored at position {row.id} was recorded at "
-                        f"position {moved.position}: events were moved or swapped.",
-                    )
+                    "reordered",
+                    row.id,
+                    leaf.index,
+                    f"The event stored at position {row.id} was recorded at "
+                    f"position {moved.position}: events were moved or swapped.",
                 )
             return report(
-                Problem(
-                    kind="modified",
-                    position=row.id,
-                    leaf_index=leaf.index,
-                    message=f"The event at position {row.id} (leaf {leaf.index}) was modified "
-                    "after it was recorded: its bytes no longer hash to the recorded leaf.",
-                )
+                "modified",
+                row.id,
+                leaf.index,
+                f"The event at position {row.id} (leaf {leaf.index}) was modified "
+                "after it was recorded: its bytes no longer hash to the recorded leaf.",
             )
         frontier.append(digest)
         checked += 1
@@ -221,15 +213,13 @@ def verify_log(
             checkpoints_checked += 1
             if recorded.root_hash != frontier.root().hex():
                 return report(
-                    Problem(
-                        kind="checkpoint",
-                        position=recorded.position,
-                        leaf_index=None,
-                        message=f"The checkpoint recorded at position {recorded.position} "
-                        f"says the first {recorded.tree_size} events have root "
-                        f"{recorded.root_hash[:16]}..., but they hash to "
-                        f"{frontier.root().hex()[:16]}...: the log was rewritten.",
-                    )
+                    "checkpoint",
+                    recorded.position,
+                    None,
+                    f"The checkpoint recorded at position {recorded.position} "
+                    f"says the first {recorded.tree_size} events have root "
+                    f"{recorded.root_hash[:16]}..., but they hash to "
+                    f"{frontier.root().hex()[:16]}...: the log was rewritten.",
                 )
         if progress is not None and pending >= 1000:
             progress(pending)
@@ -268,16 +258,22 @@ def _check_signatures(
         try:
             entry.checkpoint().check_signature(public_key)
         except (SignatureInvalidError, ValueError):  # ValueError: the fields were mangled
-            return Problem(
-                kind="signature",
-                position=entry.position,
-                leaf_index=None,
-                message=f"The checkpoint recorded at position {entry.position} "
+            return _problem(
+                "signature",
+                entry.position,
+                None,
+                f"The checkpoint recorded at position {entry.position} "
                 f"(tree size {entry.tree_size}) is not validly signed by key {wanted[:16]}...: "
                 "it was altered after signing.",
             )
         checked += 1
     return checked
+
+
+def _problem(
+    kind: ProblemKind, position: int | None, leaf_index: int | None, message: str
+) -> Problem:
+    return Problem(kind=kind, position=position, leaf_index=leaf_index, message=message)
 
 
 def _report(
@@ -358,11 +354,11 @@ def _finish(
 
     if frontier.size != state.frontier.size or frontier.root() != state.frontier.root():
         return report(
-            Problem(
-                kind="frontier",
-                position=state.last_position,
-                leaf_index=None,
-                message=f"The Merkle log's stored state ({state.frontier.size} leaves) does not "
+            _problem(
+                "frontier",
+                state.last_position,
+                None,
+                f"The Merkle log's stored state ({state.frontier.size} leaves) does not "
                 f"match its {frontier.size} verified leaves; the log tables were altered.",
             )
         )
@@ -379,23 +375,23 @@ def _finish(
 def _check_against(log: MerkleLog, against: Checkpoint, frontier: Frontier) -> Problem | None:
     size = frontier.size
     if against.tree_size > size:
-        return Problem(
-            kind="checkpoint",
-            position=against.last_position,
-            leaf_index=None,
-            message=f"The checkpoint covers {against.tree_size} events but the log holds only "
+        return _problem(
+            "checkpoint",
+            against.last_position,
+            None,
+            f"The checkpoint covers {against.tree_size} events but the log holds only "
             f"{size}: events were removed, or the checkpoint is from another ledger.",
         )
     try:
         proof = log.hasher().consistency_proof(against.tree_size, size)
     except MerkleError as error:
-        return Problem(kind="frontier", position=None, leaf_index=None, message=str(error))
+        return _problem("frontier", None, None, str(error))
     if not verify_consistency(against.tree_size, size, against.root_hash, frontier.root(), proof):
-        return Problem(
-            kind="checkpoint",
-            position=against.last_position,
-            leaf_index=None,
-            message=f"Today's log does not extend the checkpoint of {against.tree_size} events: "
+        return _problem(
+            "checkpoint",
+            against.last_position,
+            None,
+            f"Today's log does not extend the checkpoint of {against.tree_size} events: "
             "its first events were rewritten, or the checkpoint is from another ledger.",
         )
     return None
