@@ -241,7 +241,7 @@ class SQLiteView(ViewRecorder, SQLiteTrackingRecorder):
     def sql(self, text: str) -> str:
         """Table names are plain in SQLite; ``?`` parameters are native."""
         names = [*self.tables, f"{self.view_name}_skipped"]
-        return text.format(**{n: n for n in names})
+        return text.format(**{n: n for n in names}, without_rowid="WITHOUT ROWID")
 
     def _view_transaction(self, *, commit: bool) -> Any:
         return self.datastore.transaction(commit=commit)
@@ -263,7 +263,7 @@ class PostgresView(ViewRecorder, PostgresTrackingRecorder):
         schema = self.datastore.schema
         names = [*self.tables, f"{self.view_name}_skipped"]
         qualified = {n: f'"{schema}"."{n}"' for n in names}
-        return text.format(**qualified).replace("?", "%s")
+        return text.format(**qualified, without_rowid="").replace("?", "%s")
 
     def _view_transaction(self, *, commit: bool) -> Any:
         return self.datastore.transaction(commit=commit)

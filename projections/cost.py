@@ -50,6 +50,16 @@ _SUMS = (
     "cost_usd",
     "saved_usd",
 )
+#: The rollup's primary key, in order.
+_ROLLUP_KEY = (
+    "day",
+    "model",
+    "provider",
+    "program_name",
+    "program_version_id",
+    "actor",
+    "context_kind",
+)
 #: What the rollup keeps beyond the report's sums: what repricing needs.
 _BILLABLE = ("billable_calls", "billable_prompt_tokens", "billable_completion_tokens")
 
@@ -73,7 +83,8 @@ class CostLogic(ViewRecorder):
         ),
         # One row per day and combination of dimensions: what reports read, so that a
         # report over millions of calls sums thousands of rows. '' stands for NULL in
-        # program_name / program_version_id (primary keys cannot hold NULL).
+        # program_name / program_version_id (primary keys cannot hold NULL). In SQLite the
+        # rows are stored in key order (WITHOUT ROWID), which halves a report's scan.
         "cost_rollup": (
             "(day TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,"
             " program_name TEXT NOT NULL, program_version_id TEXT NOT NULL, actor TEXT NOT NULL,"
@@ -83,7 +94,7 @@ class CostLogic(ViewRecorder):
             " saved_usd DOUBLE PRECISION NOT NULL, billable_calls BIGINT NOT NULL,"
             " billable_prompt_tokens BIGINT NOT NULL, billable_completion_tokens BIGINT NOT NULL,"
             " PRIMARY KEY (day, model, provider, program_name, program_version_id, actor,"
-            " context_kind))"
+            " context_kind)) {without_rowid}"
         ),
         "cost_prices": (
             "(position BIGINT PRIMARY KEY, model TEXT NOT NULL, effective_from TEXT NOT NULL,"
@@ -272,7 +283,9 @@ class CostLogic(ViewRecorder):
         select = "".join(f"{c} AS {n}, " for n, c in zip(by, columns, strict=True))
         clauses, params = bounds("day", first_day, end_day)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        group = ", ".join([*columns, "model", "day"])
+        # Grouping in key order lets SQLite read the rollup in order, without sorting.
+        wanted = {*columns, "model", "day"}
+        group = ", ".join(c for c in _ROLLUP_KEY if c in wanted)
         sums = ", ".join(f"SUM({c}) AS {c}" for c in (*_SUMS, *_BILLABLE))
         rows = self.rows(
             f"SELECT {select}model AS _model, day AS _day, {sums} FROM {{cost_rollup}} {where}"
