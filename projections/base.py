@@ -143,6 +143,7 @@ class ViewRecorder:
         def create_table(self) -> None: ...
 
     #: Event type -> the fields (dotted paths into the stored state) the view reads.
+    #: Only these event types reach :meth:`write` (an empty tuple: the type, no fields).
     fields: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @abstractmethod
@@ -184,10 +185,11 @@ class ViewRecorder:
         """
         skipped: dict[str, int] = {}
         known: list[ViewItem] = []
+        reads = self.fields
         for item in items:
             if item[2] is None or item[1] not in KNOWN_EVENT_TYPES:
                 skipped[item[1]] = skipped.get(item[1], 0) + 1
-            else:
+            elif item[1] in reads:  # known, but of no use to this view: nothing to write
                 known.append(item)
         with self.cursor(commit=True) as c:
             self.write(c, known)

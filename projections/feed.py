@@ -31,6 +31,9 @@ from ledger.application import LedgerApplication
 from ledger.reading import split_topic
 from projections.base import ViewItem, utc_text
 
+#: The attributes handed over for an event type the view does not read (it skips it).
+NOT_READ: dict[str, Any] = {}
+
 
 def dashed(stream_id: Any) -> str:
     """A stream id (UUID, or the 32 hex digits SQLite stores) as dashed UUID text."""
@@ -191,11 +194,13 @@ class FieldReader:
 
     def _item(self, values: Any) -> ViewItem:
         event_type = self.event_type(values[1])
+        paths = self.fields.get(event_type)
+        if paths is None:
+            return values[0], event_type, NOT_READ
         attributes: dict[str, Any] = {
             "originator_id": dashed(values[2]),
             "originator_version": values[3],
         }
-        paths = self.fields.get(event_type)
         if not paths:
             return values[0], event_type, attributes
         if self.sqlite:
@@ -249,4 +254,4 @@ class FieldReader:
         return attributes
 
 
-__all__ = ["FieldReader", "dashed", "plain_value"]
+__all__ = ["NOT_READ", "FieldReader", "dashed", "plain_value"]

@@ -67,6 +67,9 @@ class LineageLogic(ViewRecorder):
             "actor",
         ),
         "OptimizationCompleted": ("result_version_id@uuid", "score"),
+        "PredictionCompleted": (),
+        "PredictionFailed": (),
+        "OptimizationFailed": (),
     }
     indexes: ClassVar[dict[str, tuple[str, str]]] = {
         "lin_predictions_version": ("lin_predictions", "program_version_id"),
