@@ -161,13 +161,13 @@ class IntegrityMixin:
     ) -> tuple[int, CheckpointInfo]:
         """Write an audit bundle of the selected events; return the count and checkpoint."""
         info = self.checkpoint(sign_key)
-        checkpoint = Checkpoint(
+        checkpoint = Checkpoint.from_recorded(
             info.tree_size,
-            bytes.fromhex(info.root_hash),
+            info.root_hash,
             info.last_position,
             info.time,
-            info.key_id,
-            base64.b64decode(info.signature) if info.signature else None,
+            key_id=info.key_id,
+            signature=info.signature,
         )
         selection: dict[str, Any] = {
             "stream": str(stream) if stream else None,

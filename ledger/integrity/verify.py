@@ -18,7 +18,6 @@ are hashed into the log afterwards, and only when everything else verified.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -75,13 +74,13 @@ class _RecordedCheckpoint(BaseModel):
 
     def checkpoint(self) -> Checkpoint:
         """The checkpoint as it was signed."""
-        return Checkpoint(
+        return Checkpoint.from_recorded(
             self.tree_size,
-            bytes.fromhex(self.root_hash),
+            self.root_hash,
             self.last_position,
             self.time,
-            self.key_id,
-            base64.b64decode(self.signature) if self.signature else None,
+            key_id=self.key_id,
+            signature=self.signature,
         )
 
 
