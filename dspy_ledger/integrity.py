@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from eventsourcing.persistence import Notification
 from pydantic import BaseModel
 
+from dspy_ledger.checkpointing import AutoCheckpointer, CheckpointPolicy
 from ledger.application import LedgerApplication
 from ledger.errors import InvalidInputError
 from ledger.integrity.bundle import write_bundle
@@ -64,6 +65,7 @@ class IntegrityMixin:
     store: StoreURL
     actor: str
     _merkle_log: MerkleLog | None = None
+    _auto_checkpoints: AutoCheckpointer | None = None
 
     @property
     def merkle_log(self) -> MerkleLog:
@@ -72,16 +74,44 @@ class IntegrityMixin:
             self._merkle_log = MerkleLog(self.app)
         return self._merkle_log
 
+    def start_auto_checkpoints(self, policy: CheckpointPolicy | None = None) -> None:
+        """Checkpoint automatically as the ledger grows (policy: the environment's)."""
+        policy = policy or CheckpointPolicy.from_environment()
+        if not policy.enabled or self._auto_checkpoints is not None:
+            return
+
+        def take() -> int:
+            info = self.checkpoint(policy.key_path)
+            return info.recorded_at or info.last_position
+
+        self._auto_checkpoints = AutoCheckpointer(policy, self.app.last_position, take).start()
+
+    def stop_auto_checkpoints(self) -> None:
+        """Stop automatic checkpoints (waits for one in progress)."""
+        if self._auto_checkpoints is not None:
+            self._auto_checkpoints.stop()
+            self._auto_checkpoints = None
+
     def verify(
         self,
         *,
         against: Checkpoint | None = None,
         update: bool = True,
         progress: Progress | None = None,
+        public_key: Ed25519PublicKey | None = None,
     ) -> VerifyReport:
-        """Recompute every leaf and recorded checkpoint; report the first problem found."""
+        """Recompute every leaf and recorded checkpoint; report the first problem found.
+
+        With ``public_key``, also re-check the signature of every recorded checkpoint
+        that key signed.
+        """
         return verify_log(
-            self.app, self.merkle_log, against=against, update=update, progress=progress
+            self.app,
+            self.merkle_log,
+            against=against,
+            update=update,
+            progress=progress,
+            public_key=public_key,
         )
 
     def checkpoint(self, sign_key: Path | str | Ed25519PrivateKey | None = None) -> CheckpointInfo:
@@ -131,13 +161,13 @@ class IntegrityMixin:
     ) -> tuple[int, CheckpointInfo]:
         """Write an audit bundle of the selected events; return the count and checkpoint."""
         info = self.checkpoint(sign_key)
-        checkpoint = Checkpoint(
+        checkpoint = Checkpoint.from_recorded(
             info.tree_size,
-            bytes.fromhex(info.root_hash),
+            info.root_hash,
             info.last_position,
             info.time,
-            info.key_id,
-            base64.b64decode(info.signature) if info.signature else None,
+            key_id=info.key_id,
+            signature=info.signature,
         )
         selection: dict[str, Any] = {
             "stream": str(stream) if stream else None,

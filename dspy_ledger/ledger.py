@@ -110,6 +110,7 @@ class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin, ReplayMixin):
         atexit.register(self._close_at_exit)
         if enforce:  # refuse LM calls the governance rules forbid (docs/governance.md)
             self.enforce()
+        self.start_auto_checkpoints()
 
     # -- recording -------------------------------------------------------------------
 
@@ -204,6 +205,7 @@ class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin, ReplayMixin):
         atexit.unregister(self._close_at_exit)
         self.uninstrument()
         self.stop_enforcing()
+        self.stop_auto_checkpoints()
         try:
             self._writer.close(timeout)
         finally:

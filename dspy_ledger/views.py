@@ -206,7 +206,8 @@ def parse_time(text: str, option: str = "time") -> str:
 def resolve_as_of(ledger: Ledger, as_of: str | int) -> int:
     """Turn ``--as-of`` (a position, or a time) into a position of the ledger.
 
-    A time means: up to the last event recorded at or before it.
+    A time means: up to the last event recorded at or before it (events of a type
+    the views do not know carry no time they can read and are not counted).
     """
     last = ledger.app.last_position()
     text = str(as_of).strip()
@@ -217,11 +218,14 @@ def resolve_as_of(ledger: Ledger, as_of: str | int) -> int:
             raise InvalidInputError(msg)
         return position
     moment = parse_time(text, "--as-of time")
-    position = 0
-    for notification in ledger.app.notifications():
-        if utc_text(ledger.app.decode(notification).timestamp) <= moment:
-            position = notification.id
-    return position
+    # The audit view holds every known event's time, indexed: bring it up to date and
+    # ask it, instead of decoding the whole ledger.
+    audit = open_view(ledger.app, "audit")
+    catch_up(audit)
+    found = audit.view.rows(
+        "SELECT MAX(position) AS position FROM {audit_events} WHERE occurred_at <= ?", (moment,)
+    )
+    return int(found[0]["position"] or 0) if found else 0
 
 
 def _projection(ledger: Ledger, name: str, as_of: str | int | None) -> tuple[ViewProjection, int]:

@@ -8,16 +8,16 @@ and result versions, so a report can set the evaluations of one beside the other
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from projections.base import (
     Cursor,
     PostgresView,
     SQLiteView,
+    ViewItem,
     ViewRecorder,
-    id_text,
     time_window,
-    utc_text,
 )
 
 #: Feedback report dimension -> column of ``acc_feedback``.
@@ -50,14 +50,95 @@ class AccuracyLogic(ViewRecorder):
         ),
     }
 
+    fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "PredictionStarted": ("program_version_id@uuid",),
+        "ModelExecuted": ("model",),
+        "EvaluationCompleted": (
+            "program_version_id@uuid",
+            "devset_digest",
+            "metric",
+            "score",
+            "timestamp@time",
+        ),
+        "FeedbackRecorded": ("score", "label", "by", "actor", "timestamp@time"),
+        "OptimizationStarted": ("optimizer", "student_version_id@uuid", "timestamp@time"),
+        "OptimizationCompleted": ("result_version_id@uuid",),
+        "OptimizationFailed": ("result_version_id@uuid",),
+        "SubjectForgotten": ("streams@json",),
+    }
+
+    def write(self, cursor: Cursor, items: Sequence[ViewItem]) -> None:
+        """Write a batch: predictions' version and first model, feedback, and the rest.
+
+        Predictions are followed in memory through the batch (loaded once for those
+        started earlier), so each feedback sees the version and model it would have
+        seen event by event.
+        """
+        frequent = ("PredictionStarted", "ModelExecuted", "FeedbackRecorded")
+        started: dict[str, list[Any]] = {}
+        wanted: set[str] = set()
+        for _, event_type, e in items:
+            assert e is not None
+            if event_type == "PredictionStarted":
+                started[e["originator_id"]] = [e.get("program_version_id"), None]
+            elif event_type in frequent and e["originator_id"] not in started:
+                wanted.add(e["originator_id"])
+        known = {
+            key: [row["program_version_id"], row["model"]]
+            for key, row in cursor.lookup(
+                "acc_predictions", "prediction_id", "program_version_id, model", wanted
+            ).items()
+        }
+        changed: dict[str, str] = {}
+        feedback: list[tuple[Any, ...]] = []
+        for position, event_type, e in items:
+            assert e is not None
+            pid = e["originator_id"]
+            if event_type not in frequent:
+                self.handle(cursor, position, event_type, e)
+                continue
+            state = started.get(pid) or known.get(pid)
+            if event_type == "ModelExecuted":
+                # A prediction's model is the model of its first LM call.
+                if state is not None and state[1] is None and e.get("model") is not None:
+                    state[1] = e["model"]
+                    if pid in known:
+                        changed[pid] = e["model"]
+            elif event_type == "FeedbackRecorded":
+                score = e.get("score")
+                feedback.append(
+                    (
+                        position,
+                        pid,
+                        state[0] if state else None,
+                        state[1] if state else None,
+                        None if score is None else float(score),
+                        e.get("label"),
+                        e.get("by") or e.get("actor") or "unknown",
+                        e["timestamp"],
+                        e["timestamp"][:10],
+                    )
+                )
+        cursor.executemany(
+            "INSERT INTO {acc_predictions} VALUES (?, ?, ?) ON CONFLICT (prediction_id) DO NOTHING",
+            [(pid, version, model) for pid, (version, model) in started.items()],
+        )
+        cursor.executemany(
+            "UPDATE {acc_predictions} SET model = ? WHERE prediction_id = ? AND model IS NULL",
+            [(model, pid) for pid, model in changed.items()],
+        )
+        cursor.executemany(
+            "INSERT INTO {acc_feedback} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", feedback
+        )
+
     def handle(self, cursor: Cursor, position: int, event_type: str, e: dict[str, Any]) -> None:
         """Record evaluations, feedback and optimization runs."""
-        stream = id_text(e["originator_id"])
+        stream = e["originator_id"]
         if event_type == "PredictionStarted":
             cursor.execute(
                 "INSERT INTO {acc_predictions} VALUES (?, ?, NULL) "
                 "ON CONFLICT (prediction_id) DO NOTHING",
-                (stream, id_text(e.get("program_version_id"))),
+                (stream, e.get("program_version_id")),
             )
         elif event_type == "ModelExecuted":
             # A prediction's model is the model of its first LM call.
@@ -70,11 +151,11 @@ class AccuracyLogic(ViewRecorder):
                 "INSERT INTO {acc_evaluations} VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     stream,
-                    id_text(e.get("program_version_id")),
+                    e.get("program_version_id"),
                     e.get("devset_digest"),
                     e.get("metric"),
                     float(e["score"]),
-                    utc_text(e["timestamp"]),
+                    e["timestamp"],
                     position,
                 ),
             )
@@ -84,7 +165,7 @@ class AccuracyLogic(ViewRecorder):
                 (stream,),
             )
             prediction = found[0] if found else {}
-            occurred_at = utc_text(e["timestamp"])
+            occurred_at = e["timestamp"]
             score = e.get("score")
             cursor.execute(
                 "INSERT INTO {acc_feedback} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -116,15 +197,15 @@ class AccuracyLogic(ViewRecorder):
                 (
                     stream,
                     e["optimizer"],
-                    id_text(e.get("student_version_id")),
-                    utc_text(e["timestamp"]),
+                    e.get("student_version_id"),
+                    e["timestamp"],
                 ),
             )
         elif event_type in ("OptimizationCompleted", "OptimizationFailed"):
             status = "completed" if event_type == "OptimizationCompleted" else "failed"
             cursor.execute(
                 "UPDATE {acc_runs} SET status = ?, result_version_id = ? WHERE run_id = ?",
-                (status, id_text(e.get("result_version_id")), stream),
+                (status, e.get("result_version_id"), stream),
             )
 
     def evaluations(self, since: str | None, until: str | None) -> list[dict[str, Any]]:

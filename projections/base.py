@@ -15,7 +15,7 @@ by application name, so each view tracks the ledger's sequence under its own nam
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -83,10 +83,27 @@ class Cursor:
         """Run one statement."""
         self.raw.execute(self.view.sql(text), tuple(params))
 
+    def executemany(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for many rows (nothing if there are none)."""
+        if rows:
+            self.raw.executemany(self.view.sql(text), [tuple(r) for r in rows])
+
     def rows(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run a query and return its rows as dicts."""
         self.execute(text, params)
         return [dict(row) for row in self.raw.fetchall()]
+
+    def lookup(self, table: str, key: str, columns: str, keys: Iterable[str]) -> dict[str, Any]:
+        """Rows of ``table`` whose ``key`` is one of ``keys``, as {key: row dict}."""
+        found: dict[str, Any] = {}
+        wanted = list(dict.fromkeys(keys))
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ", ".join("?" * len(chunk))
+            text = f"SELECT {key}, {columns} FROM {{{table}}} WHERE {key} IN ({marks})"
+            for row in self.rows(text, chunk):
+                found[str(row[key])] = row
+        return found
 
 
 class ViewRecorder:
@@ -97,6 +114,8 @@ class ViewRecorder:
     #: Table name -> column definitions (portable SQL: TEXT, BIGINT, DOUBLE PRECISION).
     tables: ClassVar[dict[str, str]] = {}
     application_name: ClassVar[str] = "DspyLedger"
+    #: Index name -> (table, columns).
+    indexes: ClassVar[dict[str, tuple[str, str]]] = {}
 
     @property
     def tracking_name(self) -> str:
@@ -124,9 +143,23 @@ class ViewRecorder:
 
         def create_table(self) -> None: ...
 
+    #: Event type -> the fields (dotted paths into the stored state) the view reads.
+    #: Only these event types reach :meth:`write` (an empty tuple: the type, no fields).
+    fields: ClassVar[dict[str, tuple[str, ...]]] = {}
+
     @abstractmethod
     def handle(self, cursor: Cursor, position: int, event_type: str, e: dict[str, Any]) -> None:
         """Write the rows one known event implies (ignore events the view has no use for)."""
+
+    def write(self, cursor: Cursor, items: Sequence[ViewItem]) -> None:
+        """Write the rows a batch of known events implies, in order.
+
+        Views override this to write many rows per statement; the result must be
+        what :meth:`handle` gives event by event.
+        """
+        for position, event_type, attributes in items:
+            assert attributes is not None
+            self.handle(cursor, position, event_type, attributes)
 
     def ddl(self) -> list[str]:
         """The CREATE TABLE statements of the view's tables, including the skip counter."""
@@ -134,7 +167,11 @@ class ViewRecorder:
             **self.tables,
             f"{self.view_name}_skipped": "(event_type TEXT PRIMARY KEY, events BIGINT NOT NULL)",
         }
-        return [f"CREATE TABLE IF NOT EXISTS {{{name}}} {cols}" for name, cols in tables.items()]
+        statements = [f"CREATE TABLE IF NOT EXISTS {{{n}}} {cols}" for n, cols in tables.items()]
+        return statements + [
+            f"CREATE INDEX IF NOT EXISTS {name} ON {{{table}}} ({columns})"
+            for name, (table, columns) in self.indexes.items()
+        ]
 
     @contextmanager
     def cursor(self, *, commit: bool = False) -> Iterator[Cursor]:
@@ -148,12 +185,15 @@ class ViewRecorder:
         Returns how many events were skipped as unknown.
         """
         skipped: dict[str, int] = {}
+        known: list[ViewItem] = []
+        reads = self.fields
+        for item in items:
+            if item[2] is None or item[1] not in KNOWN_EVENT_TYPES:
+                skipped[item[1]] = skipped.get(item[1], 0) + 1
+            elif item[1] in reads:  # known, but of no use to this view: nothing to write
+                known.append(item)
         with self.cursor(commit=True) as c:
-            for position, event_type, attributes in items:
-                if attributes is None or event_type not in KNOWN_EVENT_TYPES:
-                    skipped[event_type] = skipped.get(event_type, 0) + 1
-                    continue
-                self.handle(c, position, event_type, attributes)
+            self.write(c, known)
             for event_type, count in skipped.items():
                 c.execute(
                     f"INSERT INTO {{{self.view_name}_skipped}} VALUES (?, ?) "
@@ -204,7 +244,7 @@ class SQLiteView(ViewRecorder, SQLiteTrackingRecorder):
     def sql(self, text: str) -> str:
         """Table names are plain in SQLite; ``?`` parameters are native."""
         names = [*self.tables, f"{self.view_name}_skipped"]
-        return text.format(**{n: n for n in names})
+        return text.format(**{n: n for n in names}, without_rowid="WITHOUT ROWID")
 
     def _view_transaction(self, *, commit: bool) -> Any:
         return self.datastore.transaction(commit=commit)
@@ -226,7 +266,7 @@ class PostgresView(ViewRecorder, PostgresTrackingRecorder):
         schema = self.datastore.schema
         names = [*self.tables, f"{self.view_name}_skipped"]
         qualified = {n: f'"{schema}"."{n}"' for n in names}
-        return text.format(**qualified).replace("?", "%s")
+        return text.format(**qualified, without_rowid="").replace("?", "%s")
 
     def _view_transaction(self, *, commit: bool) -> Any:
         return self.datastore.transaction(commit=commit)
@@ -248,14 +288,20 @@ __all__ = [
 ]
 
 
-def time_window(since: str | None, until: str | None) -> tuple[str, list[Any]]:
-    """A WHERE clause (and its parameters) for rows between ``since`` and ``until``."""
+def bounds(column: str, low: str | None, high: str | None) -> tuple[list[str], list[Any]]:
+    """Conditions (and parameters) for ``low <= column < high``, skipping ``None`` ends."""
     clauses: list[str] = []
     params: list[Any] = []
-    if since is not None:
-        clauses.append("occurred_at >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append("occurred_at < ?")
-        params.append(until)
+    if low is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(low)
+    if high is not None:
+        clauses.append(f"{column} < ?")
+        params.append(high)
+    return clauses, params
+
+
+def time_window(since: str | None, until: str | None) -> tuple[str, list[Any]]:
+    """A WHERE clause (and its parameters) for rows between ``since`` and ``until``."""
+    clauses, params = bounds("occurred_at", since, until)
     return ("WHERE " + " AND ".join(clauses) if clauses else "", params)

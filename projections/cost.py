@@ -9,17 +9,20 @@ time, so a price recorded later for an earlier date reprices history correctly.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
+from datetime import date, timedelta
 from typing import Any, ClassVar
 
 from projections.base import (
     Cursor,
     PostgresView,
     SQLiteView,
+    ViewItem,
     ViewRecorder,
+    bounds,
     context_kind,
-    id_text,
     time_window,
-    utc_text,
 )
 
 #: Report dimension -> column of ``cost_calls``.
@@ -32,6 +35,33 @@ COST_DIMENSIONS = {
     "context": "context_kind",
     "day": "day",
 }
+
+
+#: ``effective_from`` of a price that starts exactly at midnight UTC.
+_MIDNIGHT = "T00:00:00.000000Z"
+#: Rollup columns that stand for NULL in the primary key ('' there means NULL).
+_NULLABLE_KEYS = {"program_name", "program_version_id"}
+_SUMS = (
+    "calls",
+    "cache_hits",
+    "failed_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "saved_usd",
+)
+#: The rollup's primary key, in order.
+_ROLLUP_KEY = (
+    "day",
+    "model",
+    "provider",
+    "program_name",
+    "program_version_id",
+    "actor",
+    "context_kind",
+)
+#: What the rollup keeps beyond the report's sums: what repricing needs.
+_BILLABLE = ("billable_calls", "billable_prompt_tokens", "billable_completion_tokens")
 
 
 class CostLogic(ViewRecorder):
@@ -51,74 +81,162 @@ class CostLogic(ViewRecorder):
             " cost_usd DOUBLE PRECISION NOT NULL, saved_usd DOUBLE PRECISION NOT NULL,"
             " cache_hit BIGINT NOT NULL, failed BIGINT NOT NULL)"
         ),
+        # One row per day and combination of dimensions: what reports read, so that a
+        # report over millions of calls sums thousands of rows. '' stands for NULL in
+        # program_name / program_version_id (primary keys cannot hold NULL). In SQLite the
+        # rows are stored in key order (WITHOUT ROWID), which halves a report's scan.
+        "cost_rollup": (
+            "(day TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,"
+            " program_name TEXT NOT NULL, program_version_id TEXT NOT NULL, actor TEXT NOT NULL,"
+            " context_kind TEXT NOT NULL, calls BIGINT NOT NULL, cache_hits BIGINT NOT NULL,"
+            " failed_calls BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL,"
+            " completion_tokens BIGINT NOT NULL, cost_usd DOUBLE PRECISION NOT NULL,"
+            " saved_usd DOUBLE PRECISION NOT NULL, billable_calls BIGINT NOT NULL,"
+            " billable_prompt_tokens BIGINT NOT NULL, billable_completion_tokens BIGINT NOT NULL,"
+            " PRIMARY KEY (day, model, provider, program_name, program_version_id, actor,"
+            " context_kind)) {without_rowid}"
+        ),
         "cost_prices": (
             "(position BIGINT PRIMARY KEY, model TEXT NOT NULL, effective_from TEXT NOT NULL,"
             " input_usd_per_1m DOUBLE PRECISION NOT NULL,"
             " output_usd_per_1m DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL)"
         ),
     }
+    indexes: ClassVar[dict[str, tuple[str, str]]] = {
+        "cost_calls_day": ("cost_calls", "day, model"),
+    }
+    fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "PredictionStarted": ("program_name", "program_version_id@uuid", "context"),
+        "ModelExecuted": (
+            "timestamp@time",
+            "model",
+            "provider",
+            "actor",
+            "usage.prompt_tokens",
+            "usage.completion_tokens",
+            "cost_usd",
+            "cached_cost_usd",
+            "cache_hit",
+            "error",
+        ),
+        "PriceSet": (
+            "model",
+            "effective_from@time",
+            "input_usd_per_1m",
+            "output_usd_per_1m",
+            "actor",
+        ),
+    }
 
     def handle(self, cursor: Cursor, position: int, event_type: str, e: dict[str, Any]) -> None:
         """Record predictions' dimensions, LM calls and prices."""
-        if event_type == "PredictionStarted":
-            cursor.execute(
-                "INSERT INTO {cost_predictions} VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (prediction_id) DO NOTHING",
-                (
-                    id_text(e["originator_id"]),
-                    e.get("program_name"),
-                    id_text(e.get("program_version_id")),
-                    context_kind(e.get("context")),
-                ),
-            )
-        elif event_type == "ModelExecuted":
-            self._call(cursor, position, e)
-        elif event_type == "PriceSet":
-            cursor.execute(
-                "INSERT INTO {cost_prices} VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    position,
-                    e["model"],
-                    utc_text(e["effective_from"]),
-                    float(e["input_usd_per_1m"]),
-                    float(e["output_usd_per_1m"]),
-                    e.get("actor") or "unknown",
-                ),
-            )
+        self.write(cursor, [(position, event_type, e)])
 
-    def _call(self, cursor: Cursor, position: int, e: dict[str, Any]) -> None:
-        prediction_id = id_text(e["originator_id"])
-        found = cursor.rows(
-            "SELECT program_name, program_version_id, context_kind FROM {cost_predictions} "
-            "WHERE prediction_id = ?",
-            (prediction_id,),
+    def write(self, cursor: Cursor, items: Sequence[ViewItem]) -> None:
+        """Write a batch: prediction dimensions, call facts, rollup sums and prices."""
+        started: dict[str, tuple[Any, Any, str]] = {}
+        wanted: set[str] = set()
+        for _, event_type, e in items:
+            assert e is not None
+            if event_type == "PredictionStarted":
+                started[e["originator_id"]] = (
+                    e.get("program_name"),
+                    e.get("program_version_id"),
+                    context_kind(e.get("context")),
+                )
+            elif event_type == "ModelExecuted" and e["originator_id"] not in started:
+                wanted.add(e["originator_id"])
+        known = {
+            key: (row["program_name"], row["program_version_id"], row["context_kind"])
+            for key, row in cursor.lookup(
+                "cost_predictions",
+                "prediction_id",
+                "program_name, program_version_id, context_kind",
+                wanted,
+            ).items()
+        }
+        calls: list[tuple[Any, ...]] = []
+        rollup: dict[tuple[str, ...], list[Any]] = {}
+        for position, event_type, e in items:
+            assert e is not None
+            if event_type == "ModelExecuted":
+                pid = e["originator_id"]
+                dims = started.get(pid) or known.get(pid) or (None, None, "production")
+                call = self._call(position, e, dims)
+                calls.append(call)
+                self._add_to_rollup(rollup, call)
+            elif event_type == "PriceSet":
+                cursor.execute(
+                    "INSERT INTO {cost_prices} VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        position,
+                        e["model"],
+                        e["effective_from"],
+                        float(e["input_usd_per_1m"]),
+                        float(e["output_usd_per_1m"]),
+                        e.get("actor") or "unknown",
+                    ),
+                )
+        cursor.executemany(
+            "INSERT INTO {cost_predictions} VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (prediction_id) DO NOTHING",
+            [(pid, *dims) for pid, dims in started.items()],
         )
-        prediction = found[0] if found else {}
-        usage = e.get("usage") or {}
-        occurred_at = utc_text(e["timestamp"])
+        cursor.executemany(
+            "INSERT INTO {cost_calls} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            calls,
+        )
+        sums = ", ".join(f"{c} = {{cost_rollup}}.{c} + excluded.{c}" for c in (*_SUMS, *_BILLABLE))
+        cursor.executemany(
+            "INSERT INTO {cost_rollup} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (day, model, provider, program_name, program_version_id, actor,"
+            f" context_kind) DO UPDATE SET {sums}",
+            [(*key, *values) for key, values in rollup.items()],
+        )
+
+    @staticmethod
+    def _call(position: int, e: dict[str, Any], dims: tuple[Any, Any, str]) -> tuple[Any, ...]:
+        occurred_at = e["timestamp"]
         cache_hit = bool(e.get("cache_hit"))
         saved = float(e.get("cached_cost_usd") or 0.0) if cache_hit else 0.0
-        cursor.execute(
-            "INSERT INTO {cost_calls} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                position,
-                prediction_id,
-                occurred_at,
-                occurred_at[:10],
-                e.get("model") or "unknown",
-                e.get("provider") or "unknown",
-                prediction.get("program_name"),
-                prediction.get("program_version_id"),
-                e.get("actor") or "unknown",
-                prediction.get("context_kind") or "production",
-                int(usage.get("prompt_tokens") or 0),
-                int(usage.get("completion_tokens") or 0),
-                float(e.get("cost_usd") or 0.0),
-                saved,
-                int(cache_hit),
-                int(e.get("error") is not None),
-            ),
+        return (
+            position,
+            e["originator_id"],
+            occurred_at,
+            occurred_at[:10],
+            e.get("model") or "unknown",
+            e.get("provider") or "unknown",
+            dims[0],
+            dims[1],
+            e.get("actor") or "unknown",
+            dims[2] or "production",
+            int(e.get("usage.prompt_tokens") or 0),
+            int(e.get("usage.completion_tokens") or 0),
+            float(e.get("cost_usd") or 0.0),
+            saved,
+            int(cache_hit),
+            int(e.get("error") is not None),
         )
+
+    @staticmethod
+    def _add_to_rollup(rollup: dict[tuple[str, ...], list[Any]], call: tuple[Any, ...]) -> None:
+        (_, _, _, day, model, provider, program, version, actor, kind) = call[:10]
+        prompt, completion, cost, saved, cache_hit, failed = call[10:]
+        key = (day, model, provider, program or "", version or "", actor, kind)
+        sums = rollup.get(key)
+        if sums is None:
+            sums = rollup[key] = [0, 0, 0, 0, 0, 0.0, 0.0, 0, 0, 0]
+        billable = 1 - cache_hit
+        sums[0] += 1
+        sums[1] += cache_hit
+        sums[2] += failed
+        sums[3] += prompt
+        sums[4] += completion
+        sums[5] += cost
+        sums[6] += saved
+        sums[7] += billable
+        sums[8] += prompt * billable
+        sums[9] += completion * billable
 
     def cost_rows(
         self, by: list[str], since: str | None = None, until: str | None = None
@@ -126,9 +244,83 @@ class CostLogic(ViewRecorder):
         """Totals grouped by the given dimensions, as billed and repriced.
 
         ``since`` is inclusive and ``until`` exclusive (UTC text as :func:`utc_text`).
+        Whole days read the rollup; the partial days at the window's edges, and days
+        on which a model's price changed after midnight, read the call facts, so each
+        call is repriced with the price in force at its own time.
         """
+        prices = PriceBook(self.prices())
+        first_day = None if since is None else _first_whole_day(since)
+        end_day = None if until is None else until[:10]
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for row in self._rollup_rows(by, first_day, end_day):
+            if (row["_model"], row["_day"]) in prices.changed_days:
+                continue
+            price = prices.at(row["_model"], row["_day"] + _MIDNIGHT)
+            if price is None:
+                repriced = 0.0 if row["cache_hits"] else None
+                row["unpriced_calls"] = row["billable_calls"]
+            else:
+                repriced = (
+                    row["billable_prompt_tokens"] * price[0]
+                    + row["billable_completion_tokens"] * price[1]
+                ) / 1_000_000.0
+                row["unpriced_calls"] = 0
+            row["repriced_usd"] = repriced
+            _merge(groups, by, row)
+        exact_days = [(m, d) for m, d in prices.changed_days]
+        if since is not None or until is not None or exact_days:
+            window = (since, until, first_day, end_day)
+            for row in self._fact_rows(by, window, exact_days):
+                _merge(groups, by, row)
+        if not by and not groups:
+            return [{**dict.fromkeys((*_SUMS, "unpriced_calls"), 0), "repriced_usd": None}]
+        return [groups[key] for key in sorted(groups, key=_null_first)]
+
+    def _rollup_rows(
+        self, by: list[str], first_day: str | None, end_day: str | None
+    ) -> list[dict[str, Any]]:
+        columns = [COST_DIMENSIONS[name] for name in by]
+        select = "".join(f"{c} AS {n}, " for n, c in zip(by, columns, strict=True))
+        clauses, params = bounds("day", first_day, end_day)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        # Grouping in key order lets SQLite read the rollup in order, without sorting.
+        wanted = {*columns, "model", "day"}
+        group = ", ".join(c for c in _ROLLUP_KEY if c in wanted)
+        sums = ", ".join(f"SUM({c}) AS {c}" for c in (*_SUMS, *_BILLABLE))
+        rows = self.rows(
+            f"SELECT {select}model AS _model, day AS _day, {sums} FROM {{cost_rollup}} {where}"
+            f" GROUP BY {group}",
+            params,
+        )
+        for row in rows:
+            _numbers(row)
+            for name in by:
+                if COST_DIMENSIONS[name] in _NULLABLE_KEYS and row[name] == "":
+                    row[name] = None
+        return rows
+
+    def _fact_rows(
+        self,
+        by: list[str],
+        window: tuple[str | None, str | None, str | None, str | None],
+        exact_days: list[tuple[str, str]],
+    ) -> list[dict[str, Any]]:
+        since, until, first_day, end_day = window
         columns = [COST_DIMENSIONS[name] for name in by]
         where, params = time_window(since, until)
+        # Only the calls the rollup does not answer: edge days and price-change days.
+        parts: list[str] = []
+        if first_day is not None:
+            parts.append("day < ?")
+            params.append(first_day)
+        if end_day is not None:
+            parts.append("day >= ?")
+            params.append(end_day)
+        for model, day in exact_days:
+            parts.append("(model = ? AND day = ?)")
+            params.extend((model, day))
+        where = f"{where} AND " if where else "WHERE "
+        where += "(" + " OR ".join(parts) + ")"
         # The price in force for a call: its model's latest PriceSet effective at or
         # before the call (ties broken by the later record).
         price = (
@@ -138,9 +330,9 @@ class CostLogic(ViewRecorder):
         )
         input_price = price.format(col="input_usd_per_1m")
         output_price = price.format(col="output_usd_per_1m")
-        select = ", ".join(f"{col} AS {name}" for name, col in zip(by, columns, strict=True))
+        select = "".join(f"{col} AS {name}, " for name, col in zip(by, columns, strict=True))
         text = (
-            f"SELECT {select + ',' if select else ''} COUNT(*) AS calls,"
+            f"SELECT {select}COUNT(*) AS calls,"
             " SUM(cache_hit) AS cache_hits, SUM(failed) AS failed_calls,"
             " SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens,"
             " SUM(cost_usd) AS cost_usd, SUM(saved_usd) AS saved_usd,"
@@ -151,8 +343,8 @@ class CostLogic(ViewRecorder):
             f" FROM {{cost_calls}} c {where}"
         )
         if columns:
-            text += f" GROUP BY {', '.join(columns)} ORDER BY {', '.join(columns)}"
-        return self.rows(text, params)
+            text += f" GROUP BY {', '.join(columns)}"
+        return [_numbers(row) for row in self.rows(text, params) if row["calls"]]
 
     def prices(self) -> list[dict[str, Any]]:
         """Every recorded price, by model and effective date."""
@@ -168,3 +360,79 @@ class SQLiteCostView(CostLogic, SQLiteView):
 
 class PostgresCostView(CostLogic, PostgresView):
     """The cost view in PostgreSQL."""
+
+
+_Groups = dict[tuple[Any, ...], dict[str, Any]]
+
+
+class PriceBook:
+    """Recorded prices by model, to find the one in force at a time."""
+
+    def __init__(self, prices: list[dict[str, Any]]) -> None:
+        self.by_model: dict[str, list[tuple[str, int, float, float]]] = {}
+        for p in prices:
+            self.by_model.setdefault(p["model"], []).append(
+                (
+                    p["effective_from"],
+                    int(p["position"]),
+                    float(p["input_usd_per_1m"]),
+                    float(p["output_usd_per_1m"]),
+                )
+            )
+        for entries in self.by_model.values():
+            entries.sort()
+        #: (model, day) pairs on which a price took effect after midnight.
+        self.changed_days = {
+            (p["model"], p["effective_from"][:10])
+            for p in prices
+            if p["effective_from"][10:] != _MIDNIGHT
+        }
+
+    def at(self, model: str, moment: str) -> tuple[float, float] | None:
+        """(input, output) USD per 1M tokens in force for ``model`` at ``moment``."""
+        entries = self.by_model.get(model)
+        if not entries:
+            return None
+        i = bisect_right(entries, (moment, 2**62))
+        if i == 0:
+            return None
+        return entries[i - 1][2], entries[i - 1][3]
+
+
+def _numbers(row: dict[str, Any]) -> dict[str, Any]:
+    # PostgreSQL sums BIGINT into NUMERIC (Decimal); reports want int and float.
+    for column, value in row.items():
+        if value is None or column in COST_DIMENSIONS or column.startswith("_"):
+            continue
+        if column in ("cost_usd", "saved_usd", "repriced_usd"):
+            row[column] = float(value)
+        elif column in (*_SUMS, *_BILLABLE, "unpriced_calls"):
+            row[column] = int(value)
+    return row
+
+
+def _first_whole_day(since: str) -> str:
+    day = since[:10]
+    if since[10:] == _MIDNIGHT:
+        return day
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+
+
+def _merge(groups: _Groups, by: list[str], row: dict[str, Any]) -> None:
+    key = tuple(row[name] for name in by)
+    total = groups.get(key)
+    if total is None:
+        groups[key] = {
+            **{name: row[name] for name in by},
+            **{c: row[c] or 0 for c in (*_SUMS, "unpriced_calls")},
+            "repriced_usd": row["repriced_usd"],
+        }
+        return
+    for c in (*_SUMS, "unpriced_calls"):
+        total[c] += row[c] or 0
+    if row["repriced_usd"] is not None:
+        total["repriced_usd"] = (total["repriced_usd"] or 0.0) + row["repriced_usd"]
+
+
+def _null_first(key: tuple[Any, ...]) -> tuple[tuple[bool, str], ...]:
+    return tuple((v is not None, "" if v is None else str(v)) for v in key)

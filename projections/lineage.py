@@ -8,9 +8,10 @@ digest back to the datasets, runs, versions and predictions that used it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from projections.base import Cursor, PostgresView, SQLiteView, ViewRecorder, id_text, utc_text
+from projections.base import Cursor, PostgresView, SQLiteView, ViewItem, ViewRecorder
 
 
 class LineageLogic(ViewRecorder):
@@ -36,20 +37,94 @@ class LineageLogic(ViewRecorder):
         " PRIMARY KEY (digest, example_digest))",
     }
 
+    fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "PredictionStarted": (
+            "program_version_id@uuid",
+            "program_name",
+            "context",
+            "actor",
+            "timestamp@time",
+        ),
+        "ProgramVersionRegistered": (
+            "program_name",
+            "module_path",
+            "state_hash",
+            "parent_version_id@uuid",
+            "produced_by@uuid",
+            "timestamp@time",
+            "actor",
+        ),
+        "DatasetRegistered": ("digest", "example_digests@json"),
+        "OptimizationStarted": (
+            "optimizer",
+            "params@json",
+            "student_version_id@uuid",
+            "teacher_version_id@uuid",
+            "trainset_digest",
+            "valset_digest",
+            "metric",
+            "timestamp@time",
+            "actor",
+        ),
+        "OptimizationCompleted": ("result_version_id@uuid", "score"),
+        "PredictionCompleted": (),
+        "PredictionFailed": (),
+        "OptimizationFailed": (),
+    }
+    indexes: ClassVar[dict[str, tuple[str, str]]] = {
+        "lin_predictions_version": ("lin_predictions", "program_version_id"),
+        "lin_examples_example": ("lin_examples", "example_digest"),
+    }
+
+    def write(self, cursor: Cursor, items: Sequence[ViewItem]) -> None:
+        """Write a batch: predictions and their status in bulk, the rest event by event."""
+        started: dict[str, list[Any]] = {}
+        status: list[tuple[str, str]] = []
+        for position, event_type, e in items:
+            assert e is not None
+            pid = e["originator_id"]
+            if event_type == "PredictionStarted":
+                if pid not in started:
+                    started[pid] = [
+                        pid,
+                        e.get("program_version_id"),
+                        e.get("program_name"),
+                        e.get("context"),
+                        e.get("actor"),
+                        e["timestamp"],
+                        "started",
+                    ]
+            elif event_type in ("PredictionCompleted", "PredictionFailed"):
+                value = "completed" if event_type == "PredictionCompleted" else "failed"
+                if pid in started:
+                    started[pid][6] = value
+                else:
+                    status.append((value, pid))
+            else:
+                self.handle(cursor, position, event_type, e)
+        cursor.executemany(
+            "INSERT INTO {lin_predictions} VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (prediction_id) DO NOTHING",
+            list(started.values()),
+        )
+        cursor.executemany(
+            "UPDATE {lin_predictions} SET status = ? WHERE prediction_id = ?", status
+        )
+
     def handle(self, cursor: Cursor, position: int, event_type: str, e: dict[str, Any]) -> None:
         """Record predictions, versions, runs and dataset membership."""
-        stream = id_text(e["originator_id"])
+        stream = e["originator_id"]
         if event_type == "PredictionStarted":
             cursor.execute(
                 "INSERT INTO {lin_predictions} VALUES (?, ?, ?, ?, ?, ?, 'started')"
                 " ON CONFLICT (prediction_id) DO NOTHING",
                 (
                     stream,
-                    id_text(e.get("program_version_id")),
+                    e.get("program_version_id"),
                     e.get("program_name"),
                     e.get("context"),
                     e.get("actor"),
-                    utc_text(e["timestamp"]),
+                    e["timestamp"],
                 ),
             )
         elif event_type in ("PredictionCompleted", "PredictionFailed"):
@@ -66,9 +141,9 @@ class LineageLogic(ViewRecorder):
                     e.get("program_name"),
                     e.get("module_path"),
                     e.get("state_hash"),
-                    id_text(e.get("parent_version_id")),
-                    id_text(e.get("produced_by")),
-                    utc_text(e["timestamp"]),
+                    e.get("parent_version_id"),
+                    e.get("produced_by"),
+                    e["timestamp"],
                     e.get("actor"),
                 ),
             )
@@ -86,12 +161,12 @@ class LineageLogic(ViewRecorder):
                     stream,
                     e["optimizer"],
                     json.dumps(e.get("params") or {}, default=str),
-                    id_text(e.get("student_version_id")),
-                    id_text(e.get("teacher_version_id")),
+                    e.get("student_version_id"),
+                    e.get("teacher_version_id"),
                     e.get("trainset_digest"),
                     e.get("valset_digest"),
                     e.get("metric"),
-                    utc_text(e["timestamp"]),
+                    e["timestamp"],
                     e.get("actor"),
                 ),
             )
@@ -99,7 +174,7 @@ class LineageLogic(ViewRecorder):
             cursor.execute(
                 "UPDATE {lin_runs} SET status = 'completed', result_version_id = ?, score = ?"
                 " WHERE run_id = ?",
-                (id_text(e.get("result_version_id")), e.get("score"), stream),
+                (e.get("result_version_id"), e.get("score"), stream),
             )
         elif event_type == "OptimizationFailed":
             cursor.execute("UPDATE {lin_runs} SET status = 'failed' WHERE run_id = ?", (stream,))

@@ -17,12 +17,11 @@ from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger.application import LedgerApplication
-from ledger.errors import PrivacyError
-from ledger.reading import split_topic
 from projections.accuracy import PostgresAccuracyView, SQLiteAccuracyView
 from projections.audit import PostgresAuditView, SQLiteAuditView
 from projections.base import ViewItem, ViewRecorder
 from projections.cost import PostgresCostView, SQLiteCostView
+from projections.feed import FieldReader
 from projections.lineage import PostgresLineageView, SQLiteLineageView
 
 #: View name -> (SQLite class, PostgreSQL class).
@@ -33,7 +32,7 @@ VIEW_CLASSES: dict[str, tuple[type[Any], type[Any]]] = {
     "audit": (SQLiteAuditView, PostgresAuditView),
 }
 VIEW_NAMES = tuple(VIEW_CLASSES)
-DEFAULT_BATCH_SIZE = 5000
+DEFAULT_BATCH_SIZE = 20_000
 
 Progress = Callable[[int], None]
 
@@ -45,6 +44,7 @@ class ViewProjection(Projection[Any]):
         super().__init__(view)
         self.app = app
         self.name = view.view_name
+        self.reader = FieldReader(app, view.fields)
 
     @property
     def view(self) -> ViewRecorder:
@@ -55,24 +55,18 @@ class ViewProjection(Projection[Any]):
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """Process one decoded event (the library's per-event entry point)."""
         event_type = type(domain_event).__name__
-        item: ViewItem = (tracking.notification_id, event_type, dict(vars(domain_event)))
+        attributes = self.reader.pick(event_type, vars(domain_event))
+        item: ViewItem = (tracking.notification_id, event_type, attributes)
         self.view.process([item], Tracking(self.view.tracking_name, tracking.notification_id))
 
     def process_notifications(self, batch: Sequence[Notification]) -> int:
         """Process a batch of stored events in one transaction; returns how many skipped."""
-        items = [self._decode(n) for n in batch]
+        items = [self.reader.decode(n) for n in batch]
         return self.view.process(items, Tracking(self.view.tracking_name, batch[-1].id))
 
-    def _decode(self, notification: Notification) -> ViewItem:
-        event_type = split_topic(notification.topic)[1]
-        try:
-            event = self.app.decode(notification)
-        except PrivacyError:
-            raise  # a missing or wrong master key must stop the view, not thin it out
-        except Exception:
-            # An event this code cannot read (a newer version wrote it): skip and count.
-            return notification.id, event_type, None
-        return notification.id, event_type, dict(vars(event))
+    def process_items(self, items: Sequence[ViewItem]) -> int:
+        """Process a batch read by :attr:`reader` in one transaction; returns how many skipped."""
+        return self.view.process(items, Tracking(self.view.tracking_name, items[-1][0]))
 
 
 def open_view(app: LedgerApplication, name: str) -> ViewProjection:
@@ -101,18 +95,17 @@ def catch_up(
     progress: Progress | None = None,
 ) -> int:
     """Process every event after the view's position (up to ``stop``); returns how many."""
-    app = projection.app
     start = projection.view.position() + 1
     processed = 0
     while stop is None or start <= stop:
-        batch = app.recorder.select_notifications(start=start, limit=batch_size, stop=stop)
+        batch = projection.reader.read(start, stop, batch_size)
         if not batch:
             break
-        projection.process_notifications(batch)
+        projection.process_items(batch)
         processed += len(batch)
         if progress is not None:
             progress(len(batch))
-        start = batch[-1].id + 1
+        start = batch[-1][0] + 1
         if len(batch) < batch_size:
             break
     return processed

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import zipfile
 from pathlib import Path
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
@@ -29,9 +31,9 @@ def _make_ledger(url: str, offset: int = 0) -> None:
 
 
 @pytest.fixture
-def signed(tmp_path: Path) -> dict[str, Path | str]:
-    """A ledger, a key pair, a signed checkpoint file and a signed bundle."""
-    url = f"sqlite:///{tmp_path}/ledger.db"
+def signed(tmp_path: Path, ledger_url: str) -> dict[str, Path | str]:
+    """A ledger (on each backend), a key pair, a signed checkpoint file and a signed bundle."""
+    url = ledger_url
     _make_ledger(url)
     key = tmp_path / "key.pem"
     assert runner.invoke(app, ["keygen", str(key)]).exit_code == 0
@@ -40,7 +42,9 @@ def signed(tmp_path: Path) -> dict[str, Path | str]:
     checkpoint = tmp_path / "cp.txt"
     checkpoint.write_text(result.stdout)
     bundle = tmp_path / "b.zip"
-    result = runner.invoke(app, ["bundle", str(bundle), "--db", url, "--sign", str(key)])
+    result = runner.invoke(
+        app, ["export", "--bundle", str(bundle), "--db", url, "--sign", str(key)]
+    )
     assert result.exit_code == 0, result.output
     return {"url": url, "key": key, "pub": Path(f"{key}.pub"), "cp": checkpoint, "zip": bundle}
 
@@ -132,12 +136,74 @@ def test_a_public_key_is_not_a_signing_key(signed: dict) -> None:
     assert result.exit_code == 23
 
 
-def test_verify_names_the_first_tampered_position_with_its_exit_code(signed: dict) -> None:
-    import sqlite3
+def _tamper(url: str, sqlite_statement: str, postgres_statement: str) -> None:
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
+            connection.execute(sqlite_statement)
+        return
+    base, _, schema = url.partition("?schema=")
+    with psycopg.connect(base, autocommit=True) as connection:
+        connection.execute(f'SET search_path TO "{schema}"')
+        connection.execute(postgres_statement)  # type: ignore[arg-type]
 
-    path = signed["url"].removeprefix("sqlite:///")
-    with sqlite3.connect(path) as connection:
-        connection.execute("UPDATE stored_events SET topic = topic || 'x' WHERE rowid = 7")
+
+def test_verify_names_the_first_tampered_position_with_its_exit_code(signed: dict) -> None:
+    _tamper(
+        signed["url"],
+        "UPDATE stored_events SET topic = topic || 'x' WHERE rowid = 7",
+        "UPDATE dspyledger_events SET topic = topic || 'x' WHERE notification_id = 7",
+    )
     result = runner.invoke(app, ["verify", "--db", signed["url"], "--json"])
     assert result.exit_code == 10
     assert json.loads(result.stdout)["problem"]["position"] == 7
+
+
+def test_export_bundle_selects_one_actor_and_bundle_remains_an_alias(
+    signed: dict, tmp_path: Path
+) -> None:
+    with Ledger(signed["url"], actor="someone-else") as ledger:
+        ledger.app.save_aggregates(
+            Dataset.register(digest="other", example_digests=[], examples=[], actor="someone-else")
+        )
+    chosen = tmp_path / "chosen.zip"
+    result = runner.invoke(
+        app,
+        ["export", "--bundle", str(chosen), "--db", signed["url"], "--actor", "someone-else"],
+    )
+    assert result.exit_code == 0, result.output
+    with zipfile.ZipFile(chosen) as archive:
+        lines = archive.read("events.jsonl").decode().splitlines()
+    assert len(lines) == 1
+    assert verify(chosen) == 0
+    alias = tmp_path / "alias.zip"
+    assert runner.invoke(app, ["bundle", str(alias), "--db", signed["url"]]).exit_code == 0
+    assert verify(alias) == 0
+
+
+def test_selection_options_without_bundle_are_one_clear_error(signed: dict) -> None:
+    result = runner.invoke(app, ["export", "--db", signed["url"], "--actor", "auditor"])
+    assert result.exit_code == 2
+    assert "go with --bundle" in result.output
+
+
+def test_verify_rechecks_every_recorded_checkpoint_signature(signed: dict) -> None:
+    ok = runner.invoke(
+        app, ["verify", "--db", signed["url"], "--public-key", str(signed["pub"]), "--json"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["signatures_checked"] == 2  # the checkpoint and the bundle's
+    # Rewrite a recorded checkpoint's root: without the private key it cannot be re-signed.
+    _tamper(
+        signed["url"],
+        "UPDATE stored_events SET state = CAST(replace(CAST(state AS TEXT),"
+        " '\"root_hash\":\"', '\"root_hash\":\"0') AS BLOB) WHERE topic LIKE '%CheckpointRecorded'",
+        "UPDATE dspyledger_events SET state = convert_to(replace(convert_from(state, 'UTF8'),"
+        " '\"root_hash\":\"', '\"root_hash\":\"0'), 'UTF8') WHERE topic LIKE '%CheckpointRecorded'",
+    )
+    bad = runner.invoke(
+        app, ["verify", "--db", signed["url"], "--public-key", str(signed["pub"]), "--json"]
+    )
+    assert bad.exit_code == 16, bad.output
+    assert json.loads(bad.stdout)["problem"]["kind"] == "signature"
+    # Without the key the rewritten root still disagrees with the recomputed tree.
+    assert runner.invoke(app, ["verify", "--db", signed["url"]]).exit_code == 14

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -89,13 +91,14 @@ def verify(
 ) -> None:
     """Recompute every leaf of the Merkle log and name the first bad position, if any."""
 
-    def load() -> Checkpoint | None:
+    def load() -> tuple[Checkpoint | None, Ed25519PublicKey | None]:
         trusted = read_checkpoint(against) if against else None
-        if trusted is not None and public_key is not None:
-            trusted.check_signature(load_public_key(public_key))
-        return trusted
+        key = load_public_key(public_key) if public_key is not None else None
+        if trusted is not None and key is not None:
+            trusted.check_signature(key)
+        return trusted, key
 
-    trusted = _call(load)
+    trusted, key = _call(load)
     ledger = Ledger(db, create=False)
     try:
         total = ledger.app.last_position()
@@ -111,6 +114,7 @@ def verify(
             task = bar.add_task("verify", total=total)
             report = ledger.verify(
                 against=trusted,
+                public_key=key,
                 progress=lambda n: bar.update(task, advance=n),
             )
     finally:
@@ -120,7 +124,8 @@ def verify(
     elif report.problem is None:
         typer.echo(
             f"OK: {report.events_checked} events verified, {report.checkpoints_checked} "
-            f"checkpoints checked, root {report.root_hash} at tree size {report.tree_size}"
+            f"checkpoints checked ({report.signatures_checked} signatures), "
+            f"root {report.root_hash} at tree size {report.tree_size}"
             + (
                 f"; {report.events_added} new events added to the log"
                 if report.events_added
@@ -172,14 +177,41 @@ def bundle(  # noqa: PLR0917 - typer reads options from parameters
     sign: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
+    """Write an audit bundle (same as ``export --bundle FILE.zip``)."""
+    write_bundle_file(output, db, BundleSelection(stream, actor, since, until), sign, as_json)
+
+
+@dataclass(frozen=True)
+class BundleSelection:
+    """Which events go into a bundle, as given on the command line."""
+
+    stream: str | None = None
+    actor: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+
+def write_bundle_file(
+    output: Path,
+    db: str | None,
+    selection: BundleSelection,
+    sign: Path | None,
+    as_json: bool,
+) -> None:
     """Write an audit bundle: selected events, inclusion proofs and a fresh checkpoint."""
-    stream_id = parse_stream_id(stream) if stream else None
-    start, end = _parse_time(since, "--since"), _parse_time(until, "--until")
+    stream_id = parse_stream_id(selection.stream) if selection.stream else None
+    start = _parse_time(selection.since, "--since")
+    end = _parse_time(selection.until, "--until")
     ledger = Ledger(db, create=False)
     try:
         count, info = _call(
             lambda: ledger.bundle(
-                output, stream=stream_id, actor=actor, since=start, until=end, sign_key=sign
+                output,
+                stream=stream_id,
+                actor=selection.actor,
+                since=start,
+                until=end,
+                sign_key=sign,
             )
         )
     finally:

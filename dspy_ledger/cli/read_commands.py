@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dspy_ledger.cli.errors import fail
+from dspy_ledger.cli.integrity_commands import BundleSelection, write_bundle_file
 from dspy_ledger.cli.options import DbOption, JsonOption
 from dspy_ledger.ledger import Ledger
 
@@ -20,27 +21,47 @@ def _open_for_reading(db: str | None) -> Ledger:
     return Ledger(db, create=False)
 
 
-def export(
+def export(  # noqa: PLR0917 - typer reads options from parameters
     db: DbOption = None,
     fmt: Annotated[str, typer.Option("--format", help="Output format (jsonl).")] = "jsonl",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
     ] = None,
     start: Annotated[int, typer.Option("--from", min=1, help="First position.")] = 1,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle", help="Write an audit bundle (.zip: events, proofs, checkpoint) instead."
+        ),
+    ] = None,
+    stream: Annotated[str | None, typer.Option("--stream", help="Bundle only this stream.")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="Bundle only this actor.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Bundle from (ISO 8601).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Bundle until (ISO 8601).")] = None,
+    sign: Annotated[
+        Path | None, typer.Option("--sign", help="Sign the bundle's checkpoint with this key.")
+    ] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Print every event in order, one JSON object per line."""
+    """Print every event in order, one JSON object per line; or write an audit bundle."""
+    selection = BundleSelection(stream, actor, since, until)
+    if bundle is not None:
+        write_bundle_file(bundle, db, selection, sign, as_json)
+        return
+    if selection != BundleSelection() or sign is not None:
+        raise fail("--stream, --actor, --since, --until and --sign go with --bundle FILE.zip.")
     if fmt != "jsonl":
         raise fail(f"Unknown export format {fmt!r}; the supported format is jsonl.")
     ledger = _open_for_reading(db)
     try:
-        stream = output.open("w", encoding="utf-8") if output else sys.stdout
+        sink = output.open("w", encoding="utf-8") if output else sys.stdout
         try:
             for event in ledger.events(start=start):
-                stream.write(event.model_dump_json())
-                stream.write("\n")
+                sink.write(event.model_dump_json())
+                sink.write("\n")
         finally:
             if output:
-                stream.close()
+                sink.close()
     finally:
         ledger.close()
 

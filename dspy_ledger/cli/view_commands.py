@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Annotated
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated, TypedDict, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -13,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dspy_ledger import views
+from dspy_ledger.cli.lineage_tree import print_lineage, print_uses
 from dspy_ledger.cli.options import DbOption, JsonOption
 from dspy_ledger.ledger import Ledger
 from ledger.errors import InvalidInputError
@@ -29,6 +32,15 @@ ByOption = Annotated[
     list[str] | None, typer.Option("--by", help="Group by this dimension (repeatable).")
 ]
 
+AnswerT = TypeVar("AnswerT")
+
+
+class _Window(TypedDict):
+    since: str | None
+    until: str | None
+    as_of: str | None
+
+
 prices_app = typer.Typer(help="Model prices used to reprice recorded calls.", no_args_is_help=True)
 report_app = typer.Typer(help="Reports from the views.", no_args_is_help=True)
 projections_app = typer.Typer(
@@ -41,6 +53,21 @@ def _echo_json(value: BaseModel | list[BaseModel]) -> None:
         typer.echo(json.dumps([v.model_dump() for v in value], indent=2))
     else:
         typer.echo(value.model_dump_json(indent=2))
+
+
+def _answer(
+    db: str | None,
+    ask: Callable[[Ledger], AnswerT],
+    as_json: bool,
+    render: Callable[[AnswerT], None],
+) -> None:
+    """Open the ledger for reading, ask it, close it; print JSON or the readable form."""
+    with Ledger(db, create=False) as ledger:
+        answer = ask(ledger)
+    if as_json:
+        _echo_json(answer)  # type: ignore[arg-type]
+    else:
+        render(answer)
 
 
 @prices_app.command("set")
@@ -76,11 +103,10 @@ def prices_set(
 @prices_app.command("list")
 def prices_list(db: DbOption = None, as_json: JsonOption = False) -> None:
     """List every recorded price."""
-    with Ledger(db, create=False) as ledger:
-        prices = views.list_prices(ledger)
-    if as_json:
-        _echo_json(list(prices))
-        return
+    _answer(db, views.list_prices, as_json, _print_prices)
+
+
+def _print_prices(prices: list[views.Price]) -> None:
     table = Table("model", "input $/1M", "output $/1M", "effective from", "set by")
     for p in prices:
         table.add_row(
@@ -118,11 +144,11 @@ def report_cost(
 ) -> None:
     """Spend and tokens (as billed and repriced) by model, provider, program, version,
     actor, context or day."""
-    with Ledger(db, create=False) as ledger:
-        report = views.cost_report(ledger, by=by, since=since, until=until, as_of=as_of)
-    if as_json:
-        _echo_json(report)
-        return
+    window: _Window = {"since": since, "until": until, "as_of": as_of}
+    _answer(db, partial(views.cost_report, by=by, **window), as_json, _print_cost)
+
+
+def _print_cost(report: views.CostReport) -> None:
     table = Table(
         *report.by,
         "calls",
@@ -163,11 +189,11 @@ def report_accuracy(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluation scores, online feedback and optimization before/after."""
-    with Ledger(db, create=False) as ledger:
-        report = views.accuracy_report(ledger, by=by, since=since, until=until, as_of=as_of)
-    if as_json:
-        _echo_json(report)
-        return
+    window: _Window = {"since": since, "until": until, "as_of": as_of}
+    _answer(db, partial(views.accuracy_report, by=by, **window), as_json, _print_accuracy)
+
+
+def _print_accuracy(report: views.AccuracyReport) -> None:
     console = Console()
     table = Table("time", "version", "devset", "metric", "score")
     for e in report.evaluations:
@@ -217,17 +243,19 @@ def report_audit(
     as_json: JsonOption = False,
 ) -> None:
     """Everything one actor did, in order."""
-    with Ledger(db, create=False) as ledger:
-        report = views.audit_report(ledger, actor, since=since, until=until, as_of=as_of)
-    if as_json:
-        _echo_json(report)
-        return
+    window: _Window = {"since": since, "until": until, "as_of": as_of}
+    _answer(db, partial(views.audit_report, actor=actor, **window), as_json, _print_audit)
+
+
+def _print_audit(report: views.AuditReport) -> None:
     table = Table("position", "time", "event", "stream", "version")
     for e in report.entries:
         table.add_row(
             str(e.position), e.occurred_at, e.event_type, e.stream_id, str(e.stream_version)
         )
-    Console().print(f"{len(report.entries)} events by {actor} (as of position {report.position})")
+    Console().print(
+        f"{len(report.entries)} events by {report.actor} (as of position {report.position})"
+    )
     Console().print(table)
 
 
@@ -241,18 +269,17 @@ def lineage(
     as_json: JsonOption = False,
 ) -> None:
     """Where a prediction's program came from, or who used an example."""
-    with Ledger(db, create=False) as ledger:
-        if example is not None:
-            result: BaseModel = views.example_lineage(ledger, example)
-        elif prediction_id is not None:
-            result = views.prediction_lineage(ledger, prediction_id, as_of=as_of)
-        else:
-            raise InvalidInputError("Give a PREDICTION_ID or --example DIGEST.")
-    if as_json:
-        _echo_json(result)
+    if example is not None:
+        _answer(db, lambda ledger: views.example_lineage(ledger, example), as_json, print_uses)
+    elif prediction_id is not None:
+        _answer(
+            db,
+            lambda ledger: views.prediction_lineage(ledger, prediction_id, as_of=as_of),
+            as_json,
+            print_lineage,
+        )
     else:
-        # The lineage is a tree; indented JSON is its most faithful human rendering.
-        Console().print_json(result.model_dump_json())
+        raise InvalidInputError("Give a PREDICTION_ID or --example DIGEST.")
 
 
 @projections_app.command("status")
@@ -262,11 +289,10 @@ def projections_status(
     as_json: JsonOption = False,
 ) -> None:
     """How far along each view is."""
-    with Ledger(db, create=False) as ledger:
-        status = views.views_status(ledger, view)
-    if as_json:
-        _echo_json(list(status))
-        return
+    _answer(db, lambda ledger: views.views_status(ledger, view), as_json, _print_status)
+
+
+def _print_status(status: list[views.ViewStatus]) -> None:
     table = Table("view", "position", "ledger", "behind", "skipped")
     for s in status:
         table.add_row(

@@ -100,6 +100,27 @@ class Checkpoint:
     key_id: str | None = None
     signature: bytes | None = None
 
+    @classmethod
+    def from_recorded(
+        cls,
+        tree_size: int,
+        root_hash: str,
+        last_position: int,
+        time: str,
+        *,
+        key_id: str | None,
+        signature: str | None,
+    ) -> Checkpoint:
+        """A checkpoint from its recorded form (hex root, base64 signature)."""
+        return cls(
+            tree_size,
+            bytes.fromhex(root_hash),
+            last_position,
+            time,
+            key_id,
+            base64.b64decode(signature) if signature else None,
+        )
+
     def body(self) -> bytes:
         """The signed bytes: the five body lines."""
         return (

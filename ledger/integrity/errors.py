@@ -30,6 +30,7 @@ TAMPER_EXIT_CODES: dict[str, int] = {
     "reordered": 13,
     "checkpoint": 14,
     "frontier": 15,
+    "signature": 16,
 }
 
 

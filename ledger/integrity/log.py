@@ -35,8 +35,8 @@ from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.sql import SQL, Identifier
 
 from ledger.application import LedgerApplication
-from ledger.integrity.leaf import event_leaf_hash
 from ledger.integrity.merkle import Frontier, SubtreeHasher
+from ledger.integrity.scan import LeafHasher, extend_frontier, read_event_rows
 
 #: Name of the log in the tracking table.
 TRACKING_NAME: Final = "DspyLedgerMerkleLog"
@@ -51,6 +51,10 @@ class LeafRow:
     index: int
     position: int
     hash: bytes
+
+
+#: A leaf as read in bulk: (leaf index, position, hash).
+LeafTuple = tuple[int, int, bytes]
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class MerkleRecorder(Protocol):
 
     def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
         """Return up to ``limit`` leaves from ``start_index``, in index order."""
+
+    def select_leaf_tuples(self, start_index: int, limit: int) -> list[LeafTuple]:
+        """Like :meth:`select_leaves`, as plain (index, position, hash) tuples."""
 
     def leaf_at(self, position: int) -> LeafRow | None:
         """Return the leaf recorded for a position, if any."""
@@ -135,9 +142,20 @@ class SQLiteMerkleRecorder(SQLiteTrackingRecorder):
             self._insert_tracking(c, tracking)
 
     def _leaves(self, where: str, params: Sequence[Any]) -> list[LeafRow]:
+        return [LeafRow(*row) for row in self._leaf_tuples(where, params)]
+
+    def _leaf_tuples(self, where: str, params: Sequence[Any]) -> list[LeafTuple]:
         with self.datastore.transaction(commit=False) as c:
+            c.row_factory = None  # type: ignore[attr-defined]  # tuples, not Row objects
             c.execute(f"SELECT leaf_index, position, hash FROM merkle_leaves {where}", params)
-            return [LeafRow(r[0], r[1], bytes(r[2])) for r in c.fetchall()]
+            rows: list[LeafTuple] = c.fetchall()
+            return rows
+
+    def select_leaf_tuples(self, start_index: int, limit: int) -> list[LeafTuple]:
+        """Like :meth:`select_leaves`, as plain (index, position, hash) tuples."""
+        return self._leaf_tuples(
+            "WHERE leaf_index >= ? ORDER BY leaf_index LIMIT ?", (start_index, limit)
+        )
 
     def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
         """Return leaves from ``start_index`` in index order."""
@@ -212,12 +230,19 @@ class PostgresMerkleRecorder(PostgresTrackingRecorder):
             self._insert_tracking(curs, tracking)
 
     def _leaves(self, where: str, params: Sequence[Any]) -> list[LeafRow]:
+        return [LeafRow(*row) for row in self._leaf_tuples(where, params)]
+
+    def _leaf_tuples(self, where: str, params: Sequence[Any]) -> list[LeafTuple]:
         query = SQL("SELECT leaf_index, position, hash FROM {0} ").format(self.leaves_table)
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(query + SQL(where), params)
-            return [
-                LeafRow(r["leaf_index"], r["position"], bytes(r["hash"])) for r in curs.fetchall()
-            ]
+            return [(r["leaf_index"], r["position"], bytes(r["hash"])) for r in curs.fetchall()]
+
+    def select_leaf_tuples(self, start_index: int, limit: int) -> list[LeafTuple]:
+        """Like :meth:`select_leaves`, as plain (index, position, hash) tuples."""
+        return self._leaf_tuples(
+            "WHERE leaf_index >= %s ORDER BY leaf_index LIMIT %s", (start_index, limit)
+        )
 
     def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
         """Return leaves from ``start_index`` in index order."""
@@ -262,6 +287,7 @@ class MerkleLog:
         self.app = app
         self.batch_size = batch_size
         self.recorder = make_recorder(app)
+        self.leaf_hasher = LeafHasher()
 
     def state(self) -> LogState:
         """The stored frontier: tree size, root and last position hashed."""
@@ -272,20 +298,21 @@ class MerkleLog:
         added = 0
         while True:
             state = self.recorder.load_state()
-            batch = self.app.recorder.select_notifications(
-                start=state.last_position + 1, limit=self.batch_size
-            )
+            batch = read_event_rows(self.app, state.last_position + 1, self.batch_size)
             if not batch:
                 return added
             frontier = Frontier.from_list(state.frontier.to_list(), state.frontier.size)
-            leaves: list[LeafRow] = []
-            for n in batch:
-                digest = event_leaf_hash(n.topic, n.originator_id, n.originator_version, n.state)
-                leaves.append(LeafRow(frontier.size, n.id, digest))
-                frontier.append(digest)
+            digests = self.leaf_hasher.hash_rows(batch)
+            first = frontier.size
+            leaves = [
+                LeafRow(first + i, row[0], digest)
+                for i, (row, digest) in enumerate(zip(batch, digests, strict=True))
+            ]
+            extend_frontier(frontier, digests)
+            last = batch[-1][0]
             try:
                 self.recorder.append(
-                    leaves, LogState(frontier, batch[-1].id), Tracking(TRACKING_NAME, batch[-1].id)
+                    leaves, LogState(frontier, last), Tracking(TRACKING_NAME, last)
                 )
             except StoreIntegrityError:
                 # Another process hashed this batch first; re-read its frontier.

@@ -238,6 +238,26 @@ class Frontier:
         roots.append(node)
         self._size += 1
 
+    def append_subtree(self, root: bytes, width: int) -> None:
+        """Append a perfect subtree of ``width`` leaves (a power of two) given its root.
+
+        The log's size must be a multiple of ``width``, so the subtree sits where RFC
+        9162 would split it off; the result equals appending its leaves one by one.
+        """
+        if width <= 0 or width & (width - 1) or self._size % width:
+            raise MerkleError(
+                f"A subtree of {width} leaves cannot be appended to a log of {self._size}."
+            )
+        _check_hash(root, "subtree root")
+        roots = self._roots
+        node = root
+        carry = self._size // width
+        while carry & 1:
+            node = _sha256(_NODE_PREFIX + roots.pop() + node).digest()
+            carry >>= 1
+        roots.append(node)
+        self._size += width
+
     def extend(self, leaves: Iterable[bytes]) -> None:
         """Append each leaf hash of ``leaves`` in order (see :meth:`append`)."""
         for leaf in leaves:

@@ -19,18 +19,24 @@ are hashed into the log afterwards, and only when everything else verified.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from eventsourcing.persistence import Notification
 from pydantic import BaseModel
 
 from ledger.application import LedgerApplication
-from ledger.integrity.checkpoint import CHECKPOINT_TOPIC, Checkpoint
+from ledger.integrity.checkpoint import CHECKPOINT_TOPIC, Checkpoint, key_id
+from ledger.integrity.errors import SignatureInvalidError
 from ledger.integrity.leaf import event_leaf_hash
-from ledger.integrity.log import LeafRow, MerkleLog
+from ledger.integrity.log import LeafRow, LogState, MerkleLog
 from ledger.integrity.merkle import Frontier, MerkleError, verify_consistency
+from ledger.integrity.scan import extend_frontier, read_event_rows
 
-ProblemKind = Literal["modified", "missing", "inserted", "reordered", "checkpoint", "frontier"]
+ProblemKind = Literal[
+    "modified", "missing", "inserted", "reordered", "checkpoint", "frontier", "signature"
+]
 
 
 class Problem(BaseModel):
@@ -50,6 +56,7 @@ class VerifyReport(BaseModel):
     tree_size: int
     root_hash: str
     checkpoints_checked: int
+    signatures_checked: int = 0
     untracked_events: int
     events_added: int
     against_tree_size: int | None = None
@@ -60,6 +67,21 @@ class _RecordedCheckpoint(BaseModel):
     position: int
     tree_size: int
     root_hash: str
+    last_position: int = 0
+    time: str = ""
+    key_id: str | None = None
+    signature: str | None = None
+
+    def checkpoint(self) -> Checkpoint:
+        """The checkpoint as it was signed."""
+        return Checkpoint.from_recorded(
+            self.tree_size,
+            self.root_hash,
+            self.last_position,
+            self.time,
+            key_id=self.key_id,
+            signature=self.signature,
+        )
 
 
 def recorded_checkpoints(app: LedgerApplication) -> list[_RecordedCheckpoint]:
@@ -78,6 +100,10 @@ def recorded_checkpoints(app: LedgerApplication) -> list[_RecordedCheckpoint]:
                         position=notification.id,
                         tree_size=int(event.tree_size),
                         root_hash=str(event.root_hash),
+                        last_position=int(event.last_position),
+                        time=str(event.checkpoint_time),
+                        key_id=event.key_id,
+                        signature=event.signature,
                     )
                 )
             except Exception:
@@ -94,16 +120,30 @@ def verify_log(
     against: Checkpoint | None = None,
     update: bool = True,
     progress: Callable[[int], None] | None = None,
+    batched: bool = True,
+    public_key: Ed25519PublicKey | None = None,
 ) -> VerifyReport:
     """Recompute the whole log from the stored events; report the first problem found.
 
     With ``against``, also prove that today's log extends that checkpoint. With
     ``update`` (the default), hash events newer than the log once all else verified.
+    ``batched`` compares whole batches first (``False``: leaf by leaf throughout).
+    With ``public_key``, every recorded checkpoint signed by that key must carry a
+    valid signature (a rewritten log cannot be re-signed without the private key).
     """
     state = log.state()
     checkpoints: dict[int, list[_RecordedCheckpoint]] = {}
-    for recorded in recorded_checkpoints(app):
+    recorded_list = recorded_checkpoints(app)
+    for recorded in recorded_list:
         checkpoints.setdefault(recorded.tree_size, []).append(recorded)
+    signed = _check_signatures(recorded_list, public_key)
+    if isinstance(signed, Problem):
+        return _report(state, against, _Scan(Frontier(), 0, 0, 0), signed)
+    fast = _fast_scan(app, log, state.last_position, checkpoints, progress) if batched else None
+    if fast is not None:
+        return _finish(log, state, against, update, fast).model_copy(
+            update={"signatures_checked": signed}
+        )
     frontier = Frontier()
     rows = iter(app.notifications(batch_size=log.batch_size))
     leaves = log.iter_leaves()
@@ -111,76 +151,59 @@ def verify_log(
     leaf: LeafRow | None = next(leaves, None)
     checked = untracked = checkpoints_checked = pending = 0
 
-    def report(problem: Problem | None) -> VerifyReport:
-        return VerifyReport(
-            ok=problem is None,
-            events_checked=checked,
-            tree_size=state.frontier.size,
-            root_hash=state.frontier.root().hex(),
-            checkpoints_checked=checkpoints_checked,
-            untracked_events=untracked,
-            events_added=0,
-            against_tree_size=against.tree_size if against else None,
-            problem=problem,
-        )
+    def report(
+        kind: ProblemKind, position: int | None, leaf_index: int | None, message: str
+    ) -> VerifyReport:
+        # The first problem found, reported with what had been verified before it.
+        scan = _Scan(frontier, checked, untracked, checkpoints_checked)
+        return _report(state, against, scan, _problem(kind, position, leaf_index, message))
 
     while row is not None or leaf is not None:
         if leaf is None:
             assert row is not None
             if row.id <= state.last_position:
                 return report(
-                    Problem(
-                        kind="inserted",
-                        position=row.id,
-                        leaf_index=None,
-                        message=f"An event was inserted at position {row.id}, "
-                        "which the Merkle log passed over when it was built.",
-                    )
+                    "inserted",
+                    row.id,
+                    None,
+                    f"An event was inserted at position {row.id}, "
+                    "which the Merkle log passed over when it was built.",
                 )
             untracked += 1
             row = next(rows, None)
             continue
         if row is None or row.id > leaf.position:
             return report(
-                Problem(
-                    kind="missing",
-                    position=leaf.position,
-                    leaf_index=leaf.index,
-                    message=f"The event at position {leaf.position} (leaf {leaf.index}) "
-                    "is missing from the store: it was deleted.",
-                )
+                "missing",
+                leaf.position,
+                leaf.index,
+                f"The event at position {leaf.position} (leaf {leaf.index}) "
+                "is missing from the store: it was deleted.",
             )
         if row.id < leaf.position:
             return report(
-                Problem(
-                    kind="inserted",
-                    position=row.id,
-                    leaf_index=None,
-                    message=f"An event was inserted at position {row.id}, "
-                    "which has no leaf in the Merkle log.",
-                )
+                "inserted",
+                row.id,
+                None,
+                f"An event was inserted at position {row.id}, which has no leaf in the Merkle log.",
             )
         digest = event_leaf_hash(row.topic, row.originator_id, row.originator_version, row.state)
         if digest != leaf.hash:
             moved = log.recorder.leaf_with_hash(digest)
             if moved is not None and moved.position != row.id:
                 return report(
-                    Problem(
-                        kind="reordered",
-                        position=row.id,
-                        leaf_index=leaf.index,
-                        message=f"The event stored at position {row.id} was recorded at "
-                        f"position {moved.position}: events were moved or swapped.",
-                    )
+                    "reordered",
+                    row.id,
+                    leaf.index,
+                    f"The event stored at position {row.id} was recorded at "
+                    f"position {moved.position}: events were moved or swapped.",
                 )
             return report(
-                Problem(
-                    kind="modified",
-                    position=row.id,
-                    leaf_index=leaf.index,
-                    message=f"The event at position {row.id} (leaf {leaf.index}) was modified "
-                    "after it was recorded: its bytes no longer hash to the recorded leaf.",
-                )
+                "modified",
+                row.id,
+                leaf.index,
+                f"The event at position {row.id} (leaf {leaf.index}) was modified "
+                "after it was recorded: its bytes no longer hash to the recorded leaf.",
             )
         frontier.append(digest)
         checked += 1
@@ -189,15 +212,13 @@ def verify_log(
             checkpoints_checked += 1
             if recorded.root_hash != frontier.root().hex():
                 return report(
-                    Problem(
-                        kind="checkpoint",
-                        position=recorded.position,
-                        leaf_index=None,
-                        message=f"The checkpoint recorded at position {recorded.position} "
-                        f"says the first {recorded.tree_size} events have root "
-                        f"{recorded.root_hash[:16]}..., but they hash to "
-                        f"{frontier.root().hex()[:16]}...: the log was rewritten.",
-                    )
+                    "checkpoint",
+                    recorded.position,
+                    None,
+                    f"The checkpoint recorded at position {recorded.position} "
+                    f"says the first {recorded.tree_size} events have root "
+                    f"{recorded.root_hash[:16]}..., but they hash to "
+                    f"{frontier.root().hex()[:16]}...: the log was rewritten.",
                 )
         if progress is not None and pending >= 1000:
             progress(pending)
@@ -206,14 +227,137 @@ def verify_log(
         leaf = next(leaves, None)
     if progress is not None and pending:
         progress(pending)
+    result = _finish(
+        log, state, against, update, _Scan(frontier, checked, untracked, checkpoints_checked)
+    )
+    return result.model_copy(update={"signatures_checked": signed})
+
+
+@dataclass
+class _Scan:
+    """What a pass over events and leaves found, when every leaf matched its event."""
+
+    frontier: Frontier
+    checked: int
+    untracked: int
+    checkpoints_checked: int
+
+
+def _check_signatures(
+    recorded: list[_RecordedCheckpoint], public_key: Ed25519PublicKey | None
+) -> int | Problem:
+    """Check the signature of every recorded checkpoint signed by ``public_key``."""
+    if public_key is None:
+        return 0
+    wanted = key_id(public_key)
+    checked = 0
+    for entry in recorded:
+        if entry.key_id != wanted:
+            continue
+        try:
+            entry.checkpoint().check_signature(public_key)
+        except (SignatureInvalidError, ValueError):  # ValueError: the fields were mangled
+            return _problem(
+                "signature",
+                entry.position,
+                None,
+                f"The checkpoint recorded at position {entry.position} "
+                f"(tree size {entry.tree_size}) is not validly signed by key {wanted[:16]}...: "
+                "it was altered after signing.",
+            )
+        checked += 1
+    return checked
+
+
+def _problem(
+    kind: ProblemKind, position: int | None, leaf_index: int | None, message: str
+) -> Problem:
+    return Problem(kind=kind, position=position, leaf_index=leaf_index, message=message)
+
+
+def _report(
+    state: LogState, against: Checkpoint | None, scan: _Scan, problem: Problem | None
+) -> VerifyReport:
+    return VerifyReport(
+        ok=problem is None,
+        events_checked=scan.checked,
+        tree_size=state.frontier.size,
+        root_hash=state.frontier.root().hex(),
+        checkpoints_checked=scan.checkpoints_checked,
+        untracked_events=scan.untracked,
+        events_added=0,
+        against_tree_size=against.tree_size if against else None,
+        problem=problem,
+    )
+
+
+def _fast_scan(
+    app: LedgerApplication,
+    log: MerkleLog,
+    last_position: int,
+    checkpoints: dict[int, list[_RecordedCheckpoint]],
+    progress: Callable[[int], None] | None,
+) -> _Scan | None:
+    """Compare events and leaves a batch at a time; ``None`` at the first disagreement.
+
+    Nothing is reported from here: on any disagreement the leaf-by-leaf pass runs and
+    names the first bad position exactly.
+    """
+    scan = _Scan(Frontier(), 0, 0, 0)
+    sizes = sorted(checkpoints)
+    position, index, size = 1, 0, log.batch_size
+    while True:
+        events = read_event_rows(app, position, size)
+        leaves = log.recorder.select_leaf_tuples(index, size)
+        n = min(len(events), len(leaves))
+        if len(leaves) > len(events):
+            return None  # a leaf without its event: missing
+        head = events[:n]
+        if [e[0] for e in head] != [leaf[1] for leaf in leaves]:
+            return None
+        digests = log.leaf_hasher.hash_rows(head)
+        if digests != [leaf[2] for leaf in leaves]:
+            return None
+        start = scan.frontier.size
+        for cut in (s for s in sizes if start < s <= start + n):
+            extend_frontier(scan.frontier, digests[scan.frontier.size - start : cut - start])
+            root = scan.frontier.root().hex()
+            if any(recorded.root_hash != root for recorded in checkpoints[cut]):
+                return None
+            scan.checkpoints_checked += len(checkpoints[cut])
+        extend_frontier(scan.frontier, digests[scan.frontier.size - start :])
+        scan.checked += n
+        tail = events[n:]
+        if any(e[0] <= last_position for e in tail):
+            return None  # an event the log passed over: inserted
+        scan.untracked += len(tail)
+        if progress is not None and events:
+            progress(len(events))
+        if len(events) < size:
+            return scan
+        position, index = events[-1][0] + 1, index + n
+
+
+def _finish(
+    log: MerkleLog,
+    state: LogState,
+    against: Checkpoint | None,
+    update: bool,
+    scan: _Scan,
+) -> VerifyReport:
+    """Check the log's own state and ``against``; hash new events if all verified."""
+    frontier = scan.frontier
+
+    def report(problem: Problem | None) -> VerifyReport:
+        return _report(state, against, scan, problem)
 
     if frontier.size != state.frontier.size or frontier.root() != state.frontier.root():
         return report(
-            Problem(
-                kind="frontier",
-                position=state.last_position,
-                leaf_index=None,
-                message=f"The Merkle log's stored state ({state.frontier.size} leaves) does not "
+            _problem(
+                "frontier",
+                state.last_position,
+                None,
+                f"The Merkle log's stored state ({state.frontier.size} leaves) does not "
                 f"match its {frontier.size} verified leaves; the log tables were altered.",
             )
         )
@@ -222,31 +366,31 @@ def verify_log(
         if problem is not None:
             return report(problem)
     result = report(None)
-    if update and untracked:
-        result.events_added = log.catch_up(progress)
+    if update and scan.untracked:
+        result.events_added = log.catch_up()
     return result
 
 
 def _check_against(log: MerkleLog, against: Checkpoint, frontier: Frontier) -> Problem | None:
     size = frontier.size
     if against.tree_size > size:
-        return Problem(
-            kind="checkpoint",
-            position=against.last_position,
-            leaf_index=None,
-            message=f"The checkpoint covers {against.tree_size} events but the log holds only "
+        return _problem(
+            "checkpoint",
+            against.last_position,
+            None,
+            f"The checkpoint covers {against.tree_size} events but the log holds only "
             f"{size}: events were removed, or the checkpoint is from another ledger.",
         )
     try:
         proof = log.hasher().consistency_proof(against.tree_size, size)
     except MerkleError as error:
-        return Problem(kind="frontier", position=None, leaf_index=None, message=str(error))
+        return _problem("frontier", None, None, str(error))
     if not verify_consistency(against.tree_size, size, against.root_hash, frontier.root(), proof):
-        return Problem(
-            kind="checkpoint",
-            position=against.last_position,
-            leaf_index=None,
-            message=f"Today's log does not extend the checkpoint of {against.tree_size} events: "
+        return _problem(
+            "checkpoint",
+            against.last_position,
+            None,
+            f"Today's log does not extend the checkpoint of {against.tree_size} events: "
             "its first events were rewritten, or the checkpoint is from another ledger.",
         )
     return None

@@ -1,0 +1,281 @@
+"""Reading the ledger for views: only the fields a view needs, in large batches.
+
+A view needs a handful of an event's fields (a model name, token counts, a time),
+while a stored event holds everything (messages, outputs, call trees). Decoding
+every event in full through the eventsourcing mapper costs most of a rebuild, so
+when the store holds plain JSON (no cipher; no compressor, or the one that stores
+plain JSON) the database extracts the fields a view asks for (SQLite
+``json_extract``, PostgreSQL ``jsonb``) and Python decodes a short JSON array per
+event. Anything else goes through the library mapper, field for field the same: a
+ledger with a cipher or zlib compression, a batch holding a row that is not valid
+JSON (written compressed), and each event whose personal fields are sealed under a
+data subject's key (the mapper opens them, or marks them erased).
+
+A view's fields are dotted paths into the event's state (``usage.prompt_tokens``);
+the event's envelope (``originator_id``, ``originator_version``) comes from the
+stored columns. Values arrive plain: stream ids as dashed UUID text, times as the
+views' UTC text (:func:`projections.base.utc_text`), everything else as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Notification
+from eventsourcing.sqlite import SQLiteDatastore
+from psycopg.sql import SQL, Identifier, Literal
+
+from ledger.application import LedgerApplication
+from ledger.compression import PlainCompressor
+from ledger.errors import PrivacyError
+from ledger.privacy.mapper import PERSONAL
+from ledger.reading import split_topic
+from projections.base import ViewItem, utc_text
+
+#: The attributes handed over for an event type the view does not read (it skips it).
+NOT_READ: dict[str, Any] = {}
+
+
+def dashed(stream_id: Any) -> str:
+    """A stream id (UUID, or the 32 hex digits SQLite stores) as dashed UUID text."""
+    if isinstance(stream_id, UUID):
+        return str(stream_id)
+    h = str(stream_id)
+    if len(h) == 32:
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return h
+
+
+def _iso_to_utc_text(text: str) -> str:
+    # The transcoder writes ``datetime.isoformat()``; the usual UTC form with
+    # microseconds converts by slicing, anything else through datetime.
+    if len(text) == 32 and text.endswith("+00:00"):
+        return text[:26] + "Z"
+    return utc_text(datetime.fromisoformat(text))
+
+
+def plain_value(value: Any) -> Any:
+    """A transcoded JSON value (or a decoded Python one) as a plain view value."""
+    kind = type(value)
+    if kind is dict:
+        tag = value.get("_type_")
+        if tag == "datetime_iso":
+            return _iso_to_utc_text(value["_data_"])
+        if tag == "uuid_hex":
+            return dashed(value["_data_"])
+        return {k: plain_value(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [plain_value(v) for v in value]
+    if isinstance(value, datetime):
+        return utc_text(value)
+    if isinstance(value, UUID):
+        return str(value)
+    return value
+
+
+def _parse_field(field: str) -> tuple[str, str | None]:
+    # ``path@kind``: ``time`` and ``uuid`` values are stored tagged by the transcoder,
+    # ``json`` ones are objects or lists; plain scalars need no kind.
+    name, _, kind = field.partition("@")
+    return name, kind or None
+
+
+def _sqlite_extract(field: tuple[str, str | None]) -> str:
+    name, kind = field
+    state = "CAST(state AS TEXT)"
+    if kind in ("time", "uuid"):
+        return f"json_extract({state}, '$.{name}._data_')"
+    if kind == "json":
+        return f"json_quote(json_extract({state}, '$.{name}'))"
+    return f"json_extract({state}, '$.{name}')"
+
+
+class FieldReader:
+    """Reads batches of events for one view: position, type and the named fields."""
+
+    def __init__(self, app: LedgerApplication, fields: Mapping[str, Sequence[str]]) -> None:
+        self.app = app
+        #: Event type -> [(attribute name, kind)] the view reads from it.
+        self.fields = {
+            event_type: [_parse_field(field) for field in paths]
+            for event_type, paths in fields.items()
+        }
+        self._types: dict[str, str] = {}
+        mapper = app.mapper
+        datastore = app.factory.datastore  # type: ignore[attr-defined]
+        self.sqlite = isinstance(datastore, SQLiteDatastore)
+        #: False when states are not plain JSON (encrypted or compressed).
+        self.fast = mapper.cipher is None and (
+            mapper.compressor is None or isinstance(mapper.compressor, PlainCompressor)
+        )
+        self._statement = self._fast_statement(datastore) if self.fast else None
+
+    def _fast_statement(self, datastore: Any) -> Any:
+        recorder: Any = self.app.recorder
+        table = recorder.events_table_name
+        # Only the events the view reads from are parsed, and only for their fields:
+        # one JSON array per event (NULL for the others).
+        chosen = {event_type: paths for event_type, paths in self.fields.items() if paths}
+        if self.sqlite:
+            # One column per field slot; each slot's path depends on the event type.
+            # SQLite parses a state once per row and reuses it for every slot.
+            width = max((len(paths) for paths in chosen.values()), default=0)
+            columns = []
+            for slot in range(width):
+                cases = "".join(
+                    f" WHEN topic LIKE '%.{event_type}' THEN {_sqlite_extract(paths[slot])}"
+                    for event_type, paths in chosen.items()
+                    if slot < len(paths)
+                )
+                columns.append(f"CASE{cases} END")
+            extract = ", ".join(columns) or "NULL"
+            sealed = f"json_type(CAST(state AS TEXT), '$.\"{PERSONAL}\"') IS NOT NULL"
+            return (
+                f"SELECT rowid, topic, originator_id, originator_version, {sealed}, {extract} "
+                f"FROM {table} WHERE rowid >= ? AND rowid <= ? ORDER BY rowid LIMIT ?"
+            )
+        pg_cases = [
+            SQL("WHEN topic LIKE {0} THEN jsonb_build_array({1})::text").format(
+                Literal(f"%.{event_type}"),
+                SQL(", ").join(
+                    SQL("convert_from(state, 'UTF8')::jsonb #> {0}").format(
+                        Literal("{" + name.replace(".", ",") + "}")
+                    )
+                    for name, _ in paths
+                ),
+            )
+            for event_type, paths in chosen.items()
+        ]
+        extract_pg = (
+            SQL("CASE ") + SQL(" ").join(pg_cases) + SQL(" END") if pg_cases else SQL("NULL")
+        )
+        return SQL(
+            "SELECT notification_id, topic, originator_id, originator_version, "
+            "(convert_from(state, 'UTF8')::jsonb ? {sealed}) AS sealed, {extract} AS x "
+            "FROM {schema}.{table} WHERE notification_id >= %s AND notification_id <= %s "
+            "ORDER BY notification_id LIMIT %s"
+        ).format(
+            sealed=Literal(PERSONAL),
+            extract=extract_pg,
+            schema=Identifier(datastore.schema),
+            table=Identifier(table),
+        )
+
+    def read(self, start: int, stop: int | None, limit: int) -> list[ViewItem]:
+        """Up to ``limit`` events from position ``start`` to ``stop`` (inclusive)."""
+        last = stop if stop is not None else 2**62
+        if self.fast:
+            try:
+                rows = self._fetch(start, last, limit)
+            except Exception:
+                rows = None
+            if rows is not None:
+                # A subject's sealed fields are opened (or marked erased) by the mapper.
+                return [self._decode_at(row[0]) if row[4] else self._item(row) for row in rows]
+        batch = self.app.recorder.select_notifications(start=start, limit=limit, stop=stop)
+        return [self.decode(n) for n in batch]
+
+    def _fetch(self, start: int, stop: int, limit: int) -> list[Any]:
+        datastore: Any = self.app.factory.datastore  # type: ignore[attr-defined]
+        params = (start, stop, limit)
+        if self.sqlite:
+            with datastore.transaction(commit=False) as c:
+                c.row_factory = None  # plain tuples: no Row object per event
+                c.execute(self._statement, params)
+                return list(c.fetchall())
+        with datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._statement, params, prepare=True)
+            return [
+                (
+                    r["notification_id"],
+                    r["topic"],
+                    r["originator_id"],
+                    r["originator_version"],
+                    r["sealed"],
+                    r["x"],
+                )
+                for r in curs.fetchall()
+            ]
+
+    def _decode_at(self, position: int) -> ViewItem:
+        [notification] = self.app.recorder.select_notifications(
+            start=position, limit=1, stop=position
+        )
+        return self.decode(notification)
+
+    def event_type(self, topic: str) -> str:
+        """The event type named by a topic (cached: a ledger has few topics)."""
+        found = self._types.get(topic)
+        if found is None:
+            found = self._types[topic] = split_topic(topic)[1]
+        return found
+
+    def _item(self, values: Any) -> ViewItem:
+        event_type = self.event_type(values[1])
+        paths = self.fields.get(event_type)
+        if paths is None:
+            return values[0], event_type, NOT_READ
+        attributes: dict[str, Any] = {
+            "originator_id": dashed(values[2]),
+            "originator_version": values[3],
+        }
+        if not paths:
+            return values[0], event_type, attributes
+        if self.sqlite:
+            for (name, kind), value in zip(paths, values[5:], strict=False):
+                if kind is None or value is None:
+                    attributes[name] = value
+                elif kind == "time":
+                    attributes[name] = _iso_to_utc_text(value)
+                elif kind == "uuid":
+                    attributes[name] = dashed(value)
+                else:
+                    attributes[name] = json.loads(value)
+        elif values[5] is not None:
+            for (name, _), value in zip(paths, json.loads(values[5]), strict=False):
+                attributes[name] = plain_value(value) if type(value) is dict else value
+        return values[0], event_type, attributes
+
+    def decode(self, notification: Notification) -> ViewItem:
+        """One stored event through the library mapper (``None`` if it cannot be read)."""
+        event_type = self.event_type(notification.topic)
+        if event_type not in self.fields:
+            # The view reads nothing from it: no need to decode it at all.
+            return (
+                notification.id,
+                event_type,
+                {
+                    "originator_id": dashed(notification.originator_id),
+                    "originator_version": notification.originator_version,
+                },
+            )
+        try:
+            event = self.app.decode(notification)
+        except PrivacyError:
+            raise  # a missing or wrong master key must stop the view, not thin it out
+        except Exception:
+            # An event this code cannot read (a newer version wrote it): skip and count.
+            return notification.id, event_type, None
+        return notification.id, event_type, self.pick(event_type, vars(event))
+
+    def pick(self, event_type: str, decoded: dict[str, Any]) -> dict[str, Any]:
+        """The view's fields of a fully decoded event, as plain values."""
+        attributes: dict[str, Any] = {
+            "originator_id": dashed(decoded["originator_id"]),
+            "originator_version": int(decoded["originator_version"]),
+        }
+        for name, _ in self.fields.get(event_type, ()):
+            value: Any = decoded
+            for part in name.split("."):
+                value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+                if value is None:
+                    break
+            attributes[name] = plain_value(value)
+        return attributes
+
+
+__all__ = ["NOT_READ", "FieldReader", "dashed", "plain_value"]

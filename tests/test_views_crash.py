@@ -1,0 +1,145 @@
+"""Projection runners killed at any moment, and followers on PostgreSQL, lose nothing.
+
+A real subprocess catches the views up in small batches and is SIGKILLed at random
+moments, then restarted; at the end every view equals a rebuild from zero. On
+PostgreSQL, ``dspy-ledger projections run`` follows the ledger live through the
+library's LISTEN/NOTIFY subscription while this test records more.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dspy_ledger
+from bench.synthetic import generate
+from dspy_ledger import views
+from projections.runner import VIEW_NAMES, open_memory_view, open_view, rebuild
+from tests.test_views import view_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+CATCH_UP = """
+import sys
+from dspy_ledger.ledger import Ledger
+from projections.runner import VIEW_NAMES, catch_up, open_view
+ledger = Ledger(sys.argv[1], create=False)
+ledger.stop_auto_checkpoints()
+projections = [open_view(ledger.app, name) for name in VIEW_NAMES]
+for projection in projections:
+    catch_up(projection, batch_size=40, progress=lambda n: print("batch", flush=True))
+ledger.close()
+"""
+
+
+def _environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "DSPY_LEDGER_CHECKPOINT_EVERY": "0"}
+
+
+def _assert_views_equal_a_rebuild(url: str) -> None:
+    with dspy_ledger.open(url, actor="tester") as ledger:
+        last = ledger.app.last_position()
+        for name in VIEW_NAMES:
+            kept = open_view(ledger.app, name)
+            assert kept.view.position() == last, name
+            fresh = open_memory_view(ledger.app, name)
+            rebuild(fresh)
+            assert view_rows(kept) == view_rows(fresh), name
+
+
+def test_a_runner_killed_at_random_moments_ends_equal_to_a_rebuild(ledger_url: str) -> None:
+    with dspy_ledger.open(ledger_url, actor="tester") as ledger:
+        ledger.stop_auto_checkpoints()
+        generate(ledger, 1_500, days=5)
+        views.set_price(ledger, "openai/gpt-4o", input_usd_per_1m=2.5, output_usd_per_1m=10)
+        last = ledger.app.last_position()
+    rng = random.Random(1234)
+    seen: list[tuple[int, ...]] = []
+    for _ in range(8):
+        runner = subprocess.Popen(
+            [sys.executable, "-c", CATCH_UP, ledger_url],
+            env=_environment(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert runner.stdout is not None
+        # Let it commit a random number of batches, then kill it at a random moment
+        # (often inside the next batch's transaction).
+        for _ in range(rng.randint(1, 60)):
+            if not runner.stdout.readline():
+                break
+        time.sleep(rng.uniform(0.0, 0.05))
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+        runner.stdout.close()
+        with dspy_ledger.open(ledger_url, actor="tester") as ledger:
+            seen.append(tuple(open_view(ledger.app, n).view.position() for n in VIEW_NAMES))
+    # Kills landed while views were part way through the ledger.
+    assert sum(any(0 < p < last for p in positions) for positions in seen) >= 3, seen
+    final = subprocess.run(
+        [sys.executable, "-c", CATCH_UP, ledger_url], env=_environment(), cwd=ROOT, check=False
+    )
+    assert final.returncode == 0
+    _assert_views_equal_a_rebuild(ledger_url)
+
+
+def test_projections_run_follows_postgresql_live(postgres_url: str) -> None:
+    with dspy_ledger.open(postgres_url, actor="tester") as ledger:
+        ledger.stop_auto_checkpoints()
+        generate(ledger, 100, days=2)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "dspy_ledger.cli", "projections", "run", "--db", postgres_url],
+        env=_environment(),
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with dspy_ledger.open(postgres_url, actor="tester") as ledger:
+            ledger.stop_auto_checkpoints()
+            for _ in range(3):
+                time.sleep(1.0)
+                generate(ledger, 50, days=2, seed=random.randrange(10**6))
+            last = ledger.app.last_position()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                positions = {s.view: s.position for s in _status(ledger)}
+                if all(p == last for p in positions.values()):
+                    break
+                assert follower.poll() is None, follower.stderr.read() if follower.stderr else ""
+                time.sleep(0.2)
+            assert all(p == last for p in positions.values()), positions
+    finally:
+        follower.send_signal(signal.SIGINT)
+        try:
+            follower.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            follower.kill()
+            follower.wait()
+    _assert_views_equal_a_rebuild(postgres_url)
+
+
+def _status(ledger: dspy_ledger.Ledger) -> list[views.ViewStatus]:
+    # Read the tracking records only: views_status would catch the views up itself.
+    return [
+        views.ViewStatus(
+            view=name,
+            position=open_view(ledger.app, name).view.position(),
+            ledger_position=0,
+            behind=0,
+            skipped_events={},
+        )
+        for name in VIEW_NAMES
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _no_auto_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSPY_LEDGER_CHECKPOINT_EVERY", "0")
