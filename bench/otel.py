@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bench.common import Row, row
+
 SECTION = "opentelemetry"
 ANSWER = {"reasoning": "Two and two make four.", "answer": "4"}
 
@@ -31,16 +33,8 @@ def _row(
     *,
     baseline: float | None = None,
     target: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "section": SECTION,
-        "name": name,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline,
-        "ratio": value / baseline if baseline else None,
-        "target": target,
-    }
+) -> Row:
+    return row(SECTION, name, value, unit, baseline=baseline, target=target)
 
 
 def _configure_dspy() -> Any:
@@ -78,7 +72,7 @@ def _hooks_without_provider(count: int) -> float:
     return (time.perf_counter() - started) / count * 1e6
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+def run(quick: bool) -> list[Row]:
     """Measure and return the rows (see the module docstring)."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
