@@ -10,7 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import Any, Literal
 from uuid import UUID
@@ -151,9 +151,15 @@ class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin, ReplayMixin):
             hooks.detach(self._recorder)
             self._instrumented = False
 
-    def acting_as(self, actor: str) -> AbstractContextManager[None]:
-        """Record everything in the block (and its tasks) as done by ``actor``."""
-        return scope.acting_as(actor)
+    def acting_as(self, actor: str, *, subject: str | None = None) -> AbstractContextManager[None]:
+        """Record everything in the block (and its tasks) as done by ``actor``.
+
+        With ``subject=``, the predictions also concern that data subject, exactly as
+        inside :meth:`acting_for` (their personal fields are encrypted under its key).
+        """
+        if subject is None:
+            return scope.acting_as(actor)
+        return _both(scope.acting_as(actor), self.acting_for(subject))
 
     def record_feedback(
         self,
@@ -279,6 +285,14 @@ class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin, ReplayMixin):
             totals["exported_spans"] += self._owned_tracing.delivery.exported
             totals["dropped_spans"] += self._owned_tracing.delivery.dropped
         return totals
+
+
+@contextmanager
+def _both(
+    first: AbstractContextManager[None], second: AbstractContextManager[None]
+) -> Iterator[None]:
+    with first, second:
+        yield
 
 
 def parse_stream_id(value: UUID | str) -> UUID:

@@ -525,3 +525,16 @@ def test_a_sealed_blob_moved_to_another_event_does_not_decrypt(
         with pytest.raises(PrivacyError, match="altered"):
             ledger.stream(first)
         assert not ledger.verify().ok
+
+
+def test_acting_as_with_a_subject_encrypts_like_acting_for(ledger: Ledger) -> None:
+    with (
+        dspy.context(lm=DummyLM([{"answer": ANSWER}])),
+        ledger.acting_as("agent-7", subject="s-42"),
+    ):
+        dspy.Predict("question -> answer")(question=QUESTION)
+    assert b"Jane Roe" not in stored_states(ledger)
+    [started] = [e for e in events_of(ledger) if e.type == "PredictionStarted"]
+    assert started.actor == "agent-7"
+    assert started.data["inputs"] == {"question": QUESTION}
+    assert len(ledger.subject_status("s-42").streams) == 1
