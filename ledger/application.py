@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, EventSourcingError
 from eventsourcing.persistence import (
     IntegrityError,
@@ -81,8 +81,16 @@ class LedgerApplication(Application[UUID]):
 
         Returns the position (notification id) of the last event written.
         """
+        # What Application.save does, minus its two runtime Protocol isinstance checks
+        # per object (each walks the protocol's attributes: 7% of the writer's CPU).
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        for aggregate in aggregates:
+            processing_event.events.extend(aggregate.collect_events())
+            processing_event.aggregates[aggregate.id] = aggregate
         try:
-            recordings = self.save(*aggregates)
+            recordings = self._record(processing_event)
+            self._take_snapshots(processing_event)
+            self._notify(recordings)
         except IntegrityError as error:
             msg = f"A stream written to {self.store.masked} already exists: {error}."
             raise DuplicateStreamError(msg) from error
