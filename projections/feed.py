@@ -31,6 +31,7 @@ from psycopg.sql import SQL, Identifier, Literal
 
 from ledger.application import LedgerApplication
 from ledger.compression import PlainCompressor
+from ledger.domain.base import LedgerAggregate
 from ledger.errors import PrivacyError
 from ledger.privacy.mapper import PERSONAL
 from ledger.reading import split_topic
@@ -77,6 +78,19 @@ def plain_value(value: Any) -> Any:
     return value
 
 
+def personal_fields_by_event_type() -> dict[str, set[str]]:
+    """Event type name -> the fields a data subject's key seals (ledger.domain declares them)."""
+    found: dict[str, set[str]] = {}
+    stack: list[type] = [LedgerAggregate.Event]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        fields = getattr(cls, "personal_fields", ())
+        if fields:
+            found.setdefault(cls.__name__, set()).update(fields)
+    return found
+
+
 def _parse_field(field: str) -> tuple[str, str | None]:
     # ``path@kind``: ``time`` and ``uuid`` values are stored tagged by the transcoder,
     # ``json`` ones are objects or lists; plain scalars need no kind.
@@ -84,14 +98,9 @@ def _parse_field(field: str) -> tuple[str, str | None]:
     return name, kind or None
 
 
-def _sqlite_extract(field: tuple[str, str | None]) -> str:
+def _sqlite_path(field: tuple[str, str | None]) -> str:
     name, kind = field
-    state = "CAST(state AS TEXT)"
-    if kind in ("time", "uuid"):
-        return f"json_extract({state}, '$.{name}._data_')"
-    if kind == "json":
-        return f"json_quote(json_extract({state}, '$.{name}'))"
-    return f"json_extract({state}, '$.{name}')"
+    return f"'$.{name}._data_'" if kind in ("time", "uuid") else f"'$.{name}'"
 
 
 class FieldReader:
@@ -121,32 +130,36 @@ class FieldReader:
         # one JSON array per event (NULL for the others).
         chosen = {event_type: paths for event_type, paths in self.fields.items() if paths}
         if self.sqlite:
-            # One column per field slot; each slot's path depends on the event type.
-            # SQLite parses a state once per row and reuses it for every slot.
-            width = max((len(paths) for paths in chosen.values()), default=0)
-            columns = []
-            for slot in range(width):
-                cases = "".join(
-                    f" WHEN topic LIKE '%.{event_type}' THEN {_sqlite_extract(paths[slot])}"
-                    for event_type, paths in chosen.items()
-                    if slot < len(paths)
+            # One json_extract per event with every path at once: SQLite (before 3.45)
+            # parses a state once per call, and with two or more paths it returns one
+            # JSON array. The last path says whether a data subject's key sealed fields
+            # the view reads.
+            personal = set(self._reads_personal(chosen))
+            cases = []
+            for event_type, paths in chosen.items():
+                parts = [_sqlite_path(field) for field in paths]
+                parts.append(f"'$.\"{PERSONAL}\".key'" if event_type in personal else "'$.__none__'")
+                cases.append(
+                    f" WHEN topic LIKE '%.{event_type}' THEN "
+                    f"json_extract(CAST(state AS TEXT), {', '.join(parts)})"
                 )
-                columns.append(f"CASE{cases} END")
-            extract = ", ".join(columns) or "NULL"
-            sealed = f"json_type(CAST(state AS TEXT), '$.\"{PERSONAL}\"') IS NOT NULL"
+            extract = f"CASE{''.join(cases)} END" if cases else "NULL"
             return (
-                f"SELECT rowid, topic, originator_id, originator_version, {sealed}, {extract} "
+                f"SELECT rowid, topic, originator_id, originator_version, {extract} "
                 f"FROM {table} WHERE rowid >= ? AND rowid <= ? ORDER BY rowid LIMIT ?"
             )
+        personal_pg = set(self._reads_personal(chosen))
         pg_cases = [
             SQL("WHEN topic LIKE {0} THEN jsonb_build_array({1})::text").format(
                 Literal(f"%.{event_type}"),
                 SQL(", ").join(
-                    SQL("convert_from(state, 'UTF8')::jsonb #> {0}").format(
-                        Literal("{" + name.replace(".", ",") + "}")
-                    )
-                    for name, _ in paths
-                ),
+                    SQL("convert_from(state, 'UTF8')::jsonb #> {0}").format(Literal(path))
+                    for path in [
+                        *("{" + name.replace(".", ",") + "}" for name, _ in paths),
+                        *(['{"' + PERSONAL + '",key}'] if event_type in personal_pg else []),
+                    ]
+                )
+                + (SQL("") if event_type in personal_pg else SQL(", NULL")),
             )
             for event_type, paths in chosen.items()
         ]
@@ -154,12 +167,10 @@ class FieldReader:
             SQL("CASE ") + SQL(" ").join(pg_cases) + SQL(" END") if pg_cases else SQL("NULL")
         )
         return SQL(
-            "SELECT notification_id, topic, originator_id, originator_version, "
-            "(convert_from(state, 'UTF8')::jsonb ? {sealed}) AS sealed, {extract} AS x "
+            "SELECT notification_id, topic, originator_id, originator_version, {extract} AS x "
             "FROM {schema}.{table} WHERE notification_id >= %s AND notification_id <= %s "
             "ORDER BY notification_id LIMIT %s"
         ).format(
-            sealed=Literal(PERSONAL),
             extract=extract_pg,
             schema=Identifier(datastore.schema),
             table=Identifier(table),
@@ -174,8 +185,7 @@ class FieldReader:
             except Exception:
                 rows = None
             if rows is not None:
-                # A subject's sealed fields are opened (or marked erased) by the mapper.
-                return [self._decode_at(row[0]) if row[4] else self._item(row) for row in rows]
+                return [self._item(row) for row in rows]
         batch = self.app.recorder.select_notifications(start=start, limit=limit, stop=stop)
         return [self.decode(n) for n in batch]
 
@@ -195,11 +205,20 @@ class FieldReader:
                     r["topic"],
                     r["originator_id"],
                     r["originator_version"],
-                    r["sealed"],
                     r["x"],
                 )
                 for r in curs.fetchall()
             ]
+
+    @staticmethod
+    def _reads_personal(chosen: Mapping[str, Sequence[tuple[str, str | None]]]) -> list[str]:
+        """The event types of which the view reads a personal (sealable) field."""
+        personal = personal_fields_by_event_type()
+        return [
+            event_type
+            for event_type, paths in chosen.items()
+            if {name.split(".")[0] for name, _ in paths} & personal.get(event_type, set())
+        ]
 
     def _decode_at(self, position: int) -> ViewItem:
         [notification] = self.app.recorder.select_notifications(
@@ -225,19 +244,22 @@ class FieldReader:
         }
         if not paths:
             return values[0], event_type, attributes
-        if self.sqlite:
-            for (name, kind), value in zip(paths, values[5:], strict=False):
-                if kind is None or value is None:
-                    attributes[name] = value
-                elif kind == "time":
-                    attributes[name] = _iso_to_utc_text(value)
-                elif kind == "uuid":
-                    attributes[name] = dashed(value)
-                else:
-                    attributes[name] = json.loads(value)
-        elif values[5] is not None:
-            for (name, _), value in zip(paths, json.loads(values[5]), strict=False):
-                attributes[name] = plain_value(value) if type(value) is dict else value
+        found = json.loads(values[4]) if values[4] is not None else None
+        if not found:
+            return values[0], event_type, attributes
+        if found[-1] is not None:
+            # Sealed under a data subject's key: the mapper opens it (or marks it erased).
+            return self._decode_at(values[0])
+        for (name, kind), value in zip(paths, found, strict=False):
+            kind_of = type(value)
+            if kind_of is str and kind == "time":
+                attributes[name] = _iso_to_utc_text(value)  # SQLite read the tag's data
+            elif kind_of is str and kind == "uuid":
+                attributes[name] = dashed(value)
+            elif kind_of is dict or kind_of is list:
+                attributes[name] = plain_value(value)
+            else:
+                attributes[name] = value
         return values[0], event_type, attributes
 
     def decode(self, notification: Notification) -> ViewItem:
