@@ -138,7 +138,8 @@ class FieldReader:
             cases = []
             for event_type, paths in chosen.items():
                 parts = [_sqlite_path(field) for field in paths]
-                parts.append(f"'$.\"{PERSONAL}\".key'" if event_type in personal else "'$.__none__'")
+                seal = f"'$.\"{PERSONAL}\".key'" if event_type in personal else "'$.__none__'"
+                parts.append(seal)
                 cases.append(
                     f" WHEN topic LIKE '%.{event_type}' THEN "
                     f"json_extract(CAST(state AS TEXT), {', '.join(parts)})"

@@ -154,6 +154,11 @@ def test_forgetting_erases_every_read_but_keeps_facts_views_and_the_merkle_log(
     assert rebuilt["accuracy"] == len(events)
     labels = open_view(ledger.app, "accuracy").view.rows("SELECT label FROM {acc_feedback}")
     assert LABEL not in {r["label"] for r in labels}
+    # Empty personal fields were never sealed: an erased call that had no error still
+    # has none, so a cost view rebuilt after erasure counts exactly what it counted before.
+    assert mine[1].data["error"] is None
+    update_views(ledger, "cost", from_zero=True)
+    assert ledger_cost(ledger) == cost_before
 
 
 def ledger_cost(ledger: Ledger) -> list[tuple[Any, ...]]:

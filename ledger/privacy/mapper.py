@@ -60,7 +60,11 @@ class PrivacyMapper(Mapper[UUID]):
             msg = "Personal data cannot be stored: this ledger has no key store."
             raise PrivacyError(msg)
         state = dict(vars(domain_event))
-        personal = {name: state.pop(name) for name in fields if name in state}
+        # An empty field (no error, no comment) holds nothing personal: it stays plain,
+        # so after erasure it still reads as empty rather than as "[erased]".
+        personal = {name: state.pop(name) for name in fields if state.get(name) is not None}
+        if not personal:
+            return super().to_stored_event(domain_event)
         key_id, key = self.keys.key_for_writing(subject, str(domain_event.originator_id))
         nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = AESGCM(key).encrypt(
@@ -70,6 +74,7 @@ class PrivacyMapper(Mapper[UUID]):
             "key": key_id,
             "nonce": base64.b64encode(nonce).decode("ascii"),
             "data": base64.b64encode(sealed).decode("ascii"),
+            "fields": sorted(personal),
         }
         # The base class stores vars(event): hand it a copy whose vars are the new state.
         stand_in = object.__new__(cls)
@@ -86,7 +91,7 @@ class PrivacyMapper(Mapper[UUID]):
         fields: tuple[str, ...] = getattr(type(event), "personal_fields", ())
         key = self.keys.key_by_id(sealed["key"]) if self.keys is not None else None
         if key is None:
-            state.update(dict.fromkeys(fields, ERASED))
+            state.update(dict.fromkeys(sealed.get("fields", fields), ERASED))
             state["erased"] = True
             return event
         try:
