@@ -12,18 +12,15 @@ flush, so the writer's work is counted too.
 
 from __future__ import annotations
 
-import itertools
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.common import Row, row
+from bench.common import Row, configure_dspy, interleaved, make_program, median, predict_many, row
 
 SECTION = "opentelemetry"
-ANSWER = {"reasoning": "Two and two make four.", "answer": "4"}
 
 
 def _row(
@@ -37,22 +34,11 @@ def _row(
     return row(SECTION, name, value, unit, baseline=baseline, target=target)
 
 
-def _configure_dspy() -> Any:
-    import dspy
-    from dspy.utils.dummies import DummyLM
-
-    lm = DummyLM([ANSWER])
-    lm.answers = itertools.repeat(ANSWER)  # never runs out
-    dspy.configure(lm=lm, callbacks=[])
-    return dspy.ChainOfThought("question -> answer")
-
-
 def _per_prediction(program: Any, count: int, after: Callable[[], None]) -> float:
+    seconds = predict_many(program, count)
     started = time.perf_counter()
-    for i in range(count):
-        program(question=f"What is 2 + 2? (#{i})")
     after()
-    return (time.perf_counter() - started) / count * 1e6
+    return (seconds + time.perf_counter() - started) / count * 1e6
 
 
 def _hooks_without_provider(count: int) -> float:
@@ -82,7 +68,11 @@ def run(quick: bool) -> list[Row]:
     from dspy_ledger.telemetry import TelemetrySettings
 
     count, rounds = (100, 5) if quick else (400, 9)
-    program = _configure_dspy()
+    import dspy
+
+    configure_dspy()
+    dspy.configure(callbacks=[])  # no callback left by an earlier section in this process
+    program = make_program()
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     processor = BatchSpanProcessor(exporter)
@@ -112,15 +102,12 @@ def run(quick: bool) -> list[Row]:
             "traced": lambda: recorded(traced, spans_flushed),
         }
         _per_prediction(program, 20, lambda: None)  # warm DSPy's caches up
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(rounds):
-            for name, measure in variants.items():
-                times[name].append(measure())
-        hooks = statistics.median(_hooks_without_provider(count * 10) for _ in range(rounds))
+        times = interleaved(variants, rounds)
+        hooks = median([_hooks_without_provider(count * 10) for _ in range(rounds)])
         plain.close()
         traced.close()
     provider.shutdown()
-    bare, no_otel, spans = (statistics.median(times[n]) for n in ("bare", "plain", "traced"))
+    bare, no_otel, spans = (median(times[n]) for n in ("bare", "plain", "traced"))
     unit = "us/prediction"
     return [
         _row("bare DSPy ChainOfThought (DummyLM)", bare, unit),
