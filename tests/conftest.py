@@ -16,6 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from dspy_ledger.simulated_model import SimulatedModelServer, register_simulated_prices
+
 POSTGRES_URL = os.environ.get(
     "DSPY_LEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -63,3 +65,11 @@ def ledger_url(request: pytest.FixtureRequest) -> str:
     """The same test on each backend: the backend-independent suite."""
     name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SimulatedModelServer]:
+    """The simulated OpenAI-compatible model server on loopback, with its prices known."""
+    register_simulated_prices(include_litellm=False)
+    with SimulatedModelServer() as running:
+        yield running

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import dspy
@@ -20,18 +19,11 @@ from psycopg import sql
 
 import dspy_ledger
 from dspy_ledger import RecordingError
-from dspy_ledger.simulated_model import SimulatedModelServer, register_simulated_prices
+from dspy_ledger.simulated_model import SimulatedModelServer
 from ledger.storage import parse_url
 from tests.helpers import events_of, only
 
 SECRET = "sk-test-" + "7f3a9c" * 6
-
-
-@pytest.fixture(scope="module")
-def model_server() -> Iterator[SimulatedModelServer]:
-    register_simulated_prices(include_litellm=False)
-    with SimulatedModelServer() as server:
-        yield server
 
 
 def simulated_lm(server: SimulatedModelServer, *, cache: bool) -> dspy.LM:
@@ -65,11 +57,11 @@ def raw_store_bytes(url: str) -> bytes:
 
 @pytest.mark.parametrize("durability", ["sync", "async"])
 def test_api_keys_never_reach_storage(
-    ledger_url: str, model_server: SimulatedModelServer, durability: str
+    ledger_url: str, server: SimulatedModelServer, durability: str
 ) -> None:
     ledger = dspy_ledger.open(ledger_url, durability=durability)  # type: ignore[arg-type]
     ledger.instrument()
-    lm = simulated_lm(model_server, cache=False)
+    lm = simulated_lm(server, cache=False)
     with dspy.context(lm=lm):
         dspy.ChainOfThought("question -> answer")(question="What is the capital of France?")
         lm("a direct call outside any module")
@@ -85,12 +77,12 @@ def test_api_keys_never_reach_storage(
 
 
 def test_cache_hits_are_recorded_with_zero_cost(
-    sqlite_url: str, model_server: SimulatedModelServer
+    sqlite_url: str, server: SimulatedModelServer
 ) -> None:
     ledger = dspy_ledger.open(sqlite_url)
     ledger.instrument()
     question = f"What is the capital of France? ({uuid.uuid4().hex})"  # unseen by the cache
-    lm = simulated_lm(model_server, cache=True)
+    lm = simulated_lm(server, cache=True)
     with dspy.context(lm=lm):
         program = dspy.Predict("question -> answer")
         first = program(question=question)

@@ -27,7 +27,7 @@ from commands.governance.rules import Rulebook, window_key
 from dspy_ledger import views
 from dspy_ledger.cli import app
 from dspy_ledger.cli.errors import run_app
-from dspy_ledger.simulated_model import SimulatedModelServer, register_simulated_prices
+from dspy_ledger.simulated_model import SimulatedModelServer
 from ledger.domain.governance import GovernanceRules, check_pattern
 from ledger.errors import InvalidInputError
 from tests.conftest import POSTGRES_URL
@@ -40,13 +40,6 @@ LARGE = "openai/sim-qa-large"
 
 #: One change to the rules: the GovernanceRules method and its arguments.
 Change = tuple[str, dict[str, object]]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SimulatedModelServer]:
-    register_simulated_prices(include_litellm=False)
-    with SimulatedModelServer() as running:
-        yield running
 
 
 def make_lm(server: SimulatedModelServer, model: str = SMALL) -> dspy.LM:

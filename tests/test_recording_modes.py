@@ -18,16 +18,8 @@ from dspy_ledger.simulated_model import (
     SimulatedModelServer,
     demo_examples,
     expected_cost,
-    register_simulated_prices,
 )
 from tests.helpers import events_of, only, predictions, types_of
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SimulatedModelServer]:
-    register_simulated_prices(include_litellm=False)
-    with SimulatedModelServer() as running:
-        yield running
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
 
 import dspy
 import httpx
@@ -24,13 +23,6 @@ from dspy_ledger.simulated_model import (
     register_simulated_prices,
     simulated_answer,
 )
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SimulatedModelServer]:
-    register_simulated_prices(include_litellm=False)
-    with SimulatedModelServer() as running:
-        yield running
 
 
 def make_lm(server: SimulatedModelServer, model: str = "sim-qa-small", **kwargs: object) -> dspy.LM:
