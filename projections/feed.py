@@ -20,12 +20,14 @@ views' UTC text (:func:`projections.base.utc_text`), everything else as JSON.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
+import psycopg
+from eventsourcing.persistence import DataError, Notification, OperationalError
 from eventsourcing.sqlite import SQLiteDatastore
 from psycopg.sql import SQL, Identifier, Literal
 
@@ -151,8 +153,10 @@ class FieldReader:
             )
         personal_pg = set(self._reads_personal(chosen))
         pg_cases = [
-            SQL("WHEN topic LIKE {0} THEN jsonb_build_array({1})::text").format(
-                Literal(f"%.{event_type}"),
+            # A suffix test, not LIKE: a literal '%' would be read as a query placeholder.
+            SQL("WHEN right(topic, {0}) = {1} THEN jsonb_build_array({2})::text").format(
+                Literal(len(event_type) + 1),
+                Literal(f".{event_type}"),
                 SQL(", ").join(
                     SQL("convert_from(state, 'UTF8')::jsonb #> {0}").format(Literal(path))
                     for path in [
@@ -183,7 +187,9 @@ class FieldReader:
         if self.fast:
             try:
                 rows = self._fetch(start, last, limit)
-            except Exception:
+            except (sqlite3.OperationalError, psycopg.DataError, DataError, OperationalError):
+                # A batch holding a state that is not plain JSON (written compressed):
+                # the database cannot extract from it; the mapper reads it below.
                 rows = None
             if rows is not None:
                 return [self._item(row) for row in rows]

@@ -243,3 +243,21 @@ def test_views_read_ledgers_holding_compressed_and_plain_events(
         rows = {(r.group["actor"], r.group["day"]): r.calls for r in report.rows}
         assert report.total.cost_usd == pytest.approx(0.75)
         assert rows == {("none", T0.date().isoformat()): 2, ("zlib", "2025-01-02"): 1}
+
+
+def test_the_fast_field_reader_gives_what_the_mapper_gives(ledger_url: str) -> None:
+    with dspy_ledger.open(ledger_url, actor="tester") as ledger:
+        with ledger.instrument(), dspy.context(lm=DummyLM([{"answer": "4"}] * 3)):
+            for i in range(3):
+                dspy.Predict("question -> answer")(question=f"q{i}")
+        predicted = record_prediction(ledger, actor="alice", calls=[("m1", 0.5, False)], at=T0)
+        ledger.record_feedback(predicted, score=1.0, label="good")
+        for name in VIEW_NAMES:
+            reader = open_view(ledger.app, name).reader
+            assert reader.fast
+            fast = [reader._item(row) for row in reader._fetch(1, 2**62, 1000)]
+            mapped = [reader.decode(n) for n in ledger.app.notifications()]
+            # Events of a type the view does not read are skipped either way.
+            read = [item for item in mapped if item[1] in reader.fields]
+            assert [item for item in fast if item[1] in reader.fields] == read, name
+            assert len(fast) == len(mapped) and any(item[2] for item in read)
