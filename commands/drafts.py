@@ -13,6 +13,25 @@ from datetime import datetime
 from typing import Any
 
 
+@dataclass(frozen=True)
+class RecordedError:
+    """An exception as the events keep it: its class's qualified name and its message."""
+
+    type_name: str
+    message: str
+
+
+@dataclass(frozen=True)
+class EvaluationOutcome:
+    """What the events keep of ``dspy.Evaluate``'s result.
+
+    ``results`` rows are ``(inputs digest of the example, prediction, score)``.
+    """
+
+    score: float
+    results: list[tuple[str, Any, Any]]
+
+
 @dataclass
 class VersionDraft:
     """A program state seen by the recorder (registered if new)."""
@@ -88,7 +107,7 @@ class ModelCallDraft:
     cache_hit: bool | None
     latency_ms: float
     occurred_at: datetime
-    error: BaseException | None
+    error: BaseException | RecordedError | None
     outputs: Any
     secrets: frozenset[str]
     trace_id: str | None = None
@@ -108,7 +127,7 @@ class PredictionDraft:
     root: CallNode
     model_calls: list[ModelCallDraft] = field(default_factory=list)
     outputs: Any = None
-    error: BaseException | None = None
+    error: BaseException | RecordedError | None = None
     latency_ms: float = 0.0
     finished_at: datetime | None = None
 
@@ -126,8 +145,8 @@ class EvaluationDraft:
     started: float
     # input digest -> prediction ids made under this evaluation, to link results.
     predictions_by_inputs: dict[str, list[uuid.UUID]] = field(default_factory=dict)
-    result: Any = None
-    error: BaseException | None = None
+    result: Any = None  # dspy's EvaluationResult, or an EvaluationOutcome once portable
+    error: BaseException | RecordedError | None = None
     latency_ms: float = 0.0
     finished_at: datetime | None = None
 
@@ -149,6 +168,6 @@ class OptimizationDraft:
     started: float
     result: VersionDraft | None = None
     score: float | None = None
-    error: BaseException | None = None
+    error: BaseException | RecordedError | None = None
     latency_ms: float = 0.0
     finished_at: datetime | None = None

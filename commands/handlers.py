@@ -16,17 +16,22 @@ from eventsourcing.domain import Aggregate
 from commands.drafts import (
     DatasetDraft,
     EvaluationDraft,
+    EvaluationOutcome,
     ModelCallDraft,
     OptimizationDraft,
     PredictionDraft,
     Provenance,
+    RecordedError,
     VersionDraft,
 )
 from commands.payloads import PayloadConverter
+from commands.portable_drafts import error_message, error_type_name
 from commands.program_state import example_inputs, inputs_digest
 from commands.redaction import ALWAYS_ON
 from ledger.application import LedgerApplication
 from ledger.domain import Dataset, Evaluation, OptimizationRun, Prediction, ProgramVersion
+
+__all__ = ["DraftHandler", "describe_failure", "error_message"]
 
 
 def _who(provenance: Provenance) -> dict[str, Any]:
@@ -35,11 +40,6 @@ def _who(provenance: Provenance) -> dict[str, Any]:
         "trace_id": provenance.trace_id,
         "span_id": provenance.span_id,
     }
-
-
-def error_message(error: BaseException) -> str:
-    """The error's message, or its type when it has none."""
-    return str(error) or type(error).__name__
 
 
 class DraftHandler:
@@ -86,6 +86,11 @@ class DraftHandler:
         return PayloadConverter(
             max_string_bytes=self.max_string_bytes, secrets=secrets, redactors=self.redactors
         )
+
+    def _message(self, error: BaseException | RecordedError) -> str:
+        """An error's message, redacted like every other recorded string."""
+        converted = self._converter().convert(error_message(error), "$.message")
+        return converted if isinstance(converted, str) else str(converted.get("prefix", ""))
 
     def _version(
         self, version: VersionDraft | None, provenance: Provenance, batch_ids: set[UUID]
@@ -150,9 +155,9 @@ class DraftHandler:
         tree = draft.root.to_tree()
         if draft.error is not None:
             prediction.fail(
-                error_type=type(draft.error).__qualname__,
-                message=error_message(draft.error),
-                call_tree=tree,
+                error_type=error_type_name(draft.error),
+                message=self._message(draft.error),
+                call_tree=self._converter().convert(tree, "$.call_tree"),
                 latency_ms=draft.latency_ms,
                 occurred_at=draft.finished_at,
                 **who,
@@ -205,7 +210,7 @@ class DraftHandler:
             "cache_hit": bool(cache_hit),
             "response_model": entry.get("response_model"),
             "error": (
-                {"type": type(call.error).__qualname__, "message": error_message(call.error)}
+                {"type": error_type_name(call.error), "message": self._message(call.error)}
                 if call.error is not None
                 else None
             ),
@@ -230,8 +235,8 @@ class DraftHandler:
         if draft.error is not None or draft.result is None:
             error = draft.error or RuntimeError("evaluation returned nothing")
             evaluation.fail(
-                error_type=type(error).__qualname__,
-                message=error_message(error),
+                error_type=error_type_name(error),
+                message=self._message(error),
                 latency_ms=draft.latency_ms,
                 occurred_at=draft.finished_at,
                 **who,
@@ -252,9 +257,11 @@ class DraftHandler:
         digests = draft.devset.example_digests if draft.devset else []
         unclaimed = {key: list(ids) for key, ids in draft.predictions_by_inputs.items()}
         results = []
+        portable = isinstance(draft.result, EvaluationOutcome)
         for index, row in enumerate(rows):
             example, prediction, score = row
-            key = inputs_digest(example_inputs(example))
+            # A portable outcome carries the example's inputs digest in its place.
+            key = example if portable else inputs_digest(example_inputs(example))
             ids = unclaimed.get(key) or []
             converter = self._converter()
             results.append(
@@ -289,8 +296,8 @@ class DraftHandler:
         )
         if draft.error is not None:
             run.fail(
-                error_type=type(draft.error).__qualname__,
-                message=error_message(draft.error),
+                error_type=error_type_name(draft.error),
+                message=self._message(draft.error),
                 latency_ms=draft.latency_ms,
                 occurred_at=draft.finished_at,
                 **who,

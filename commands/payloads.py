@@ -96,6 +96,9 @@ class PayloadConverter:
         return self._convert_other(value, path, depth)
 
     def _convert_other(self, value: Any, path: _Path, depth: int) -> Any:
+        if isinstance(value, Opaque):
+            self._note(path, value.note or f"{value.type_name} stored as repr")
+            return {"$repr": value.text, "$type": value.type_name}
         if isinstance(value, (bool, int)):
             return value
         if isinstance(value, str):
@@ -112,9 +115,10 @@ class PayloadConverter:
             return {str(k): self._convert(v, (path, k, _KEY), depth + 1) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self._convert(v, (path, i, _INDEX), depth + 1) for i, v in enumerate(value)]
-        if isinstance(value, (set, frozenset)):
+        if isinstance(value, (set, frozenset, PortableSet)):
             self._note(path, "set stored as a sorted list")
-            items = [self._convert(v, (path, "", _INDEX), depth + 1) for v in value]
+            members = value.items if isinstance(value, PortableSet) else value
+            items = [self._convert(v, (path, "", _INDEX), depth + 1) for v in members]
             return sorted(items, key=repr)
         if isinstance(value, (bytes, bytearray, memoryview)):
             return self._bytes(bytes(value), path)
@@ -157,33 +161,100 @@ class PayloadConverter:
             return str(value)
         if isinstance(value, enum.Enum):
             return self._convert(value.value, path, depth + 1)
-        # DSPy's Example and Prediction keep their fields in a dict behind toDict().
-        to_dict = getattr(value, "toDict", None)
-        if callable(to_dict):
-            return self._convert(_safe_call(to_dict), path, depth + 1)
-        model_dump = getattr(value, "model_dump", None)
-        if callable(model_dump):  # pydantic v2 models, including dspy.Image and History
-            try:
-                dumped = model_dump(mode="json")
-            except Exception:
-                dumped = None
-            if dumped is not None:
-                return self._convert(dumped, path, depth + 1)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return self._convert(dataclasses.asdict(value), path, depth + 1)
-        tolist = getattr(value, "tolist", None)
-        if callable(tolist) and type(value).__module__.startswith("numpy"):
-            return self._convert(_safe_call(tolist), path, depth + 1)
+        found, plain = _plain_form(value)
+        if found:
+            return self._convert(plain, path, depth + 1)
         self._note(path, f"{_type_name(value)} stored as repr")
         return self._repr(value)
 
     @staticmethod
     def _repr(value: Any) -> dict[str, str]:
+        return {"$repr": _repr_text(value), "$type": _type_name(value)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Opaque:
+    """An object with no JSON form, kept as its ``repr``; converted to the documented
+    ``{"$repr": ..., "$type": ...}`` (and noted) like the object itself would be."""
+
+    text: str
+    type_name: str
+    note: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PortableSet:
+    """A set whose members were made portable (they need not be hashable any more)."""
+
+    items: tuple[Any, ...]
+
+
+def _plain_form(value: Any) -> tuple[bool, Any]:
+    """The plain data an object stands for (DSPy fields, pydantic dump, dataclass,
+    numpy), as ``(True, data)``, or ``(False, None)`` when it has none."""
+    # DSPy's Example and Prediction keep their fields in a dict behind toDict().
+    to_dict = getattr(value, "toDict", None)
+    if callable(to_dict):
+        return True, _safe_call(to_dict)
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump):  # pydantic v2 models, including dspy.Image and History
         try:
-            text = repr(value)
-        except Exception as error:
-            text = f"<unrepresentable: {type(error).__name__}>"
-        return {"$repr": text[:1000], "$type": _type_name(value)}
+            dumped = model_dump(mode="json")
+        except Exception:
+            dumped = None
+        if dumped is not None:
+            return True, dumped
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return True, dataclasses.asdict(value)
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist) and type(value).__module__.startswith("numpy"):
+        return True, _safe_call(tolist)
+    return False, None
+
+
+def portable_step(value: Any) -> Any:
+    """One step of reducing an object to builtins that pickle without the program's code.
+
+    Returns what :class:`PayloadConverter` would convert in the object's place (its
+    fields, its pydantic dump, its value, ...) or an :class:`Opaque` repr, so that the
+    converter later makes of the result exactly the JSON and notes it makes of the
+    object. Containers' items are left for the caller (the pickler) to reduce in turn.
+    """
+    # Subclasses of the scalars (IntEnum, str enums) become the scalar they encode as.
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes):
+        return bytes(value)
+    if isinstance(value, Mapping):
+        return dict(value.items())
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, (set, frozenset)):
+        return PortableSet(tuple(value))
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    found, plain = _plain_form(value)
+    if found:
+        return plain
+    return Opaque(_repr_text(value), _type_name(value))
+
+
+def _repr_text(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception as error:
+        text = f"<unrepresentable: {type(error).__name__}>"
+    return text[:1000]
 
 
 def _safe_call(fn: Any) -> Any:

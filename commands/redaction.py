@@ -139,6 +139,16 @@ def build_redactors(chosen: Iterable[str | TextRedactor] | None) -> tuple[NamedR
     return (*built_in, *custom)
 
 
+def built_in_names(redactors: Iterable[NamedRedactor]) -> tuple[str, ...] | None:
+    """The names of ``redactors`` if all are built-in, else None (a custom callable)."""
+    names = []
+    for redactor in redactors:
+        if BUILT_IN.get(redactor.name) is not redactor.redact:
+            return None
+        names.append(redactor.name)
+    return tuple(names)
+
+
 def redact(text: str, redactors: Iterable[NamedRedactor]) -> tuple[str, list[str]]:
     """Run the redactors over ``text``; return the new text and who changed it."""
     changed: list[str] = []

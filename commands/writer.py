@@ -139,6 +139,7 @@ class AsyncWriter:
         max_backoff: float = 5.0,
         linger: float = 0.02,
         on_error: Callable[[str], None] | None = None,
+        on_commit: Callable[[WriterStats], None] | None = None,
     ) -> None:
         self.handler = handler
         self.stats = WriterStats()
@@ -148,6 +149,8 @@ class AsyncWriter:
         self._waiters = 0  # threads blocked in flush(): commit without lingering
         self._max_backoff = max_backoff
         self._on_error = on_error
+        self._on_commit = on_commit
+        self._nudged = False  # end the current lingering once (see nudge)
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._closed = False
@@ -197,6 +200,12 @@ class AsyncWriter:
             finally:
                 self._waiters -= 1
 
+    def nudge(self) -> None:
+        """Commit what is queued without lingering, without waiting for it."""
+        self._nudged = True
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_WAKE)
+
     def close(self, timeout: float | None = 30.0) -> None:
         """Flush, then stop the writer thread.
 
@@ -223,7 +232,7 @@ class AsyncWriter:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._waiters or self._stopping.is_set():
+                if remaining <= 0 or self._waiters or self._nudged or self._stopping.is_set():
                     break
                 try:
                     item = self._queue.get(timeout=remaining)
@@ -231,6 +240,7 @@ class AsyncWriter:
                     break
             if item is not _WAKE:
                 batch.append(item)
+        self._nudged = False
         return batch
 
     def _run(self) -> None:
@@ -268,4 +278,6 @@ class AsyncWriter:
                 self.stats.unbuildable += unbuildable
                 self.stats.batches += 1
                 self._cond.notify_all()
+            if self._on_commit is not None:
+                self._on_commit(self.stats)
             return

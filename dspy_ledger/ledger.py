@@ -20,8 +20,11 @@ from pydantic import BaseModel
 from commands import hooks, scope, strict
 from commands.handlers import DraftHandler
 from commands.payloads import DEFAULT_MAX_STRING_BYTES
+from commands.process_writer import ProcessWriter
 from commands.recorder import LedgerRecorder
+from commands.redaction import built_in_names
 from commands.writer import AsyncWriter, SyncWriter
+from commands.writer_protocol import WriterConfig
 from dspy_ledger import telemetry
 from dspy_ledger.governance import GovernanceMixin
 from dspy_ledger.integrity import IntegrityMixin
@@ -36,6 +39,9 @@ from ledger.storage import StoreURL, parse_url, resolve_url
 logger = logging.getLogger("dspy_ledger")
 
 Durability = Literal["sync", "async"]
+#: ``process`` (the default) builds ``async`` recordings' events in a writer process of
+#: their own; ``thread`` keeps that work on a thread of the program's process.
+WRITER_ENV_VAR = "DSPY_LEDGER_WRITER"
 
 
 class LedgerStats(BaseModel):
@@ -96,9 +102,7 @@ class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin, ReplayMixin):
         self.app = LedgerApplication(self.store, create=create)
         self._handler = DraftHandler(self.app, max_string_bytes=max_string_bytes)
         self._setup_privacy(master_key, redactors)
-        self._writer: SyncWriter | AsyncWriter = (
-            SyncWriter(self._handler) if durability == "sync" else AsyncWriter(self._handler)
-        )
+        self._writer: SyncWriter | AsyncWriter | ProcessWriter = self._make_writer(max_string_bytes)
         self._telemetry, self._owned_tracing = telemetry.configure(otel)
         self._recorder = LedgerRecorder(
             self._submit, default_actor=self.actor, telemetry=self._telemetry
@@ -113,6 +117,28 @@ class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin, ReplayMixin):
         self.start_auto_checkpoints()
 
     # -- recording -------------------------------------------------------------------
+
+    def _make_writer(self, max_string_bytes: int) -> SyncWriter | AsyncWriter | ProcessWriter:
+        """The writer ``durability`` and ``DSPY_LEDGER_WRITER`` ask for (docs/design.md)."""
+        if self.durability == "sync":
+            return SyncWriter(self._handler)
+        choice = os.environ.get(WRITER_ENV_VAR, "process").strip().lower()
+        if choice not in ("process", "thread"):
+            msg = f"{WRITER_ENV_VAR} must be 'process' or 'thread', not {choice!r}."
+            raise InvalidInputError(msg)
+        names = built_in_names(self._handler.redactors)
+        # An in-memory store lives in this process only, and a redactor written in the
+        # program's own code cannot run elsewhere: both keep the writer in this process.
+        if choice == "thread" or self.store.is_memory or names is None:
+            return AsyncWriter(self._handler)
+        master = self.app.subject_keys.master
+        config = WriterConfig(
+            url=self.store.url,
+            max_string_bytes=max_string_bytes,
+            redactors=names,
+            master_key=master.secret if master is not None else None,
+        )
+        return ProcessWriter(self._handler, config)
 
     @property
     def url(self) -> str:

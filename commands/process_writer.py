@@ -1,0 +1,324 @@
+"""The process writer: ``async`` durability with the events built in another process.
+
+Turning a draft into events (converting payloads to JSON, redacting, encrypting,
+encoding, inserting) costs a recorded DSPy prediction more than the recorder itself. In
+a background *thread* that work still holds the interpreter lock the program needs, so
+the program slows down by all of it. :class:`ProcessWriter` instead pickles each
+draft when the call ends, its live objects reduced to plain data
+(:func:`commands.portable_drafts.encode_draft`), and hands it over a pipe to a writer
+process of its own (:mod:`commands.writer_process`), which group-commits exactly the
+events an in-process writer would. The program pays for the copy; the rest runs on another core.
+
+The guarantees are those of :class:`~commands.writer.AsyncWriter`: the queue is bounded
+(``submit`` blocks rather than drop), ``flush()`` returns only once everything submitted
+before it is committed, and ``close()`` reports what could not be written. If the writer
+process dies, this process takes over: it writes the drafts the writer had not
+acknowledged (skipping any it had committed) with an in-process writer, and goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import IO, Any
+from uuid import UUID
+
+from commands.drafts import EvaluationDraft, OptimizationDraft, PredictionDraft, VersionDraft
+from commands.handlers import DraftHandler
+from commands.portable_drafts import decode_draft, encode_draft
+from commands.writer import AsyncWriter, WriterStats
+from commands.writer_protocol import (
+    CONFIG,
+    DRAFTS,
+    FLUSH,
+    STATUS,
+    WriterConfig,
+    WriterStatus,
+    encode,
+    frame,
+    loads,
+    read_frame,
+)
+from ledger.errors import RecordingError
+
+logger = logging.getLogger("dspy_ledger")
+
+#: The directory holding this package, put first on the writer's path so that a
+#: ``commands`` package of the user's own can never stand in for ours.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_FLUSH_FRAME = encode(FLUSH, None)
+#: Most frames the sender writes to the pipe in one go.
+_MAX_FRAMES_PER_WRITE = 1024
+#: How long the sender waits, once woken, for more drafts to write along.
+_GATHER_SECONDS = 0.002
+
+
+def _own_stream_id(draft: object) -> Any:
+    if isinstance(draft, PredictionDraft):
+        return draft.prediction_id
+    if isinstance(draft, EvaluationDraft):
+        return draft.evaluation_id
+    if isinstance(draft, OptimizationDraft):
+        return draft.run_id
+    return None
+
+
+#: Put in the queue to wake the sender when the writer process has died.
+_WRITER_DIED = object()
+
+
+class ProcessWriter:
+    """Hands drafts to a writer process that group-commits them (see module docstring)."""
+
+    def __init__(
+        self, handler: DraftHandler, config: WriterConfig, *, max_queue: int = 10_000
+    ) -> None:
+        self.handler = handler
+        self._cond = threading.Condition()
+        self._submitted = 0
+        self._status = WriterStatus(0, 0, 0, 0, None)
+        # Drafts (pickled) handed to the writer process and not yet acknowledged as
+        # committed, oldest first: what this process writes if the writer process dies.
+        self._unacknowledged: deque[bytes] = deque()
+        self._fallback: AsyncWriter | None = None
+        self._taken_over_at = 0  # drafts committed (or found committed) before a takeover
+        self._writer_died = False
+        # Program versions whose state went down the pipe: later drafts name them by id.
+        self._sent_versions: set[UUID] = set()
+        self._versions: dict[UUID, VersionDraft] = {}  # to read back what was sent
+        self._submit_lock = threading.Lock()  # a version's state precedes its mentions
+        self._closing = False
+        self._closed = False
+        # (pickled draft, its frame) in submission order; None asks the sender to stop.
+        self._outbox: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
+                "from commands.writer_process import main; sys.exit(main())",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C aimed at the program must not kill it
+            close_fds=True,
+        )
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._input: IO[bytes] = self._process.stdin
+        self._input.write(encode(CONFIG, config))
+        self._input.flush()
+        self._sender = threading.Thread(
+            target=self._send, name="dspy-ledger-writer-feed", daemon=True
+        )
+        self._receiver = threading.Thread(
+            target=self._receive,
+            args=(self._process.stdout,),
+            name="dspy-ledger-writer-status",
+            daemon=True,
+        )
+        self._sender.start()
+        self._receiver.start()
+
+    # -- the writer interface ----------------------------------------------------------
+
+    @property
+    def stats(self) -> WriterStats:
+        """Counters over both processes (committed, batches, retries, errors)."""
+        stats = WriterStats()
+        with self._cond:
+            status, fallback = self._status, self._fallback
+            stats.submitted = self._submitted
+            stats.committed = self._committed()
+            stats.unbuildable = status.unbuildable
+            stats.batches = status.batches
+            stats.retries = status.retries
+            stats.last_error = status.last_error
+        if fallback is not None:
+            own = fallback.stats
+            stats.unbuildable += own.unbuildable
+            stats.batches += own.batches
+            stats.retries += own.retries
+            stats.last_error = own.last_error or stats.last_error
+        return stats
+
+    @property
+    def pending(self) -> int:
+        """Drafts submitted and not yet committed."""
+        with self._cond:
+            return self._submitted - self._committed()
+
+    def submit(self, draft: object) -> None:
+        """Copy one draft into plain data and queue it; blocks while the queue is full."""
+        if self._closed:
+            msg = "This ledger is closed; open a new one to record more."
+            raise RecordingError(msg, pending=1)
+        with self._submit_lock:
+            version = getattr(draft, "version", None)
+            if isinstance(version, VersionDraft) and version.version_id not in self._versions:
+                self._versions[version.version_id] = version
+            body = encode_draft(draft, self._sent_versions)
+            with self._cond:
+                self._submitted += 1
+            self._outbox.put((body, frame(DRAFTS, body)))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every draft submitted so far is committed.
+
+        Raises RecordingError if that does not happen within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._submitted
+            if self._committed() >= target:
+                return
+            with contextlib.suppress(queue.Full):
+                self._outbox.put_nowait((None, _FLUSH_FRAME))  # end the writer's lingering
+            while self._committed() < target:
+                if self._fallback is not None:
+                    self._fallback.nudge()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    pending = target - self._committed()
+                    msg = (
+                        f"{pending} recorded call(s) are not yet written to the ledger "
+                        f"(last error: {self.stats.last_error or 'none'})."
+                    )
+                    raise RecordingError(msg, pending=pending)
+                self._cond.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Flush, then stop the writer process.
+
+        Raises RecordingError naming how many drafts could not be written in time.
+        """
+        self._closed = True
+        try:
+            self.flush(timeout)
+        finally:
+            self._closing = True
+            self._outbox.put(None)  # the sender closes the writer's input: it exits
+            self._sender.join(timeout=5)
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._receiver.join(timeout=5)
+            if self._fallback is not None:
+                self._fallback.close(timeout)
+
+    # -- inside ------------------------------------------------------------------------
+
+    def _committed(self) -> int:
+        # Called with the condition held.
+        if self._fallback is not None:
+            return self._taken_over_at + self._fallback.stats.committed
+        return self._status.committed
+
+    def _wake_waiters(self, _stats: WriterStats | None = None) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _send(self) -> None:
+        """Hand queued drafts to the writer process, many per system call.
+
+        The only consumer of the queue, so the order of the pipe (which the writer
+        process commits in, and acknowledges by count) is the order kept here.
+        """
+        while True:
+            items = [self._outbox.get()]
+            # Let a few more drafts arrive: one wake-up and one write for many drafts
+            # (the writer process lingers longer than this before committing anyway).
+            time.sleep(_GATHER_SECONDS)
+            while len(items) < _MAX_FRAMES_PER_WRITE:
+                try:
+                    items.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in items
+            if stop:
+                items = items[: items.index(None)]
+            items = [item for item in items if item is not _WRITER_DIED]
+            if self._fallback is None and self._writer_died:
+                self._take_over()
+            if self._fallback is not None:
+                for body, _frame in items:
+                    if body is not None:
+                        self._fallback.submit(decode_draft(body, self._versions))
+                if stop:
+                    return
+                continue
+            with self._cond:
+                self._unacknowledged.extend(body for body, _ in items if body is not None)
+            try:
+                self._input.write(b"".join(framed for _, framed in items))
+                self._input.flush()
+            except OSError:
+                # The writer process is gone; its status reader says so, and the
+                # drafts just taken are among the unacknowledged ones written here.
+                self._writer_died = True
+                self._take_over()
+            if stop:
+                with contextlib.suppress(OSError):
+                    self._input.close()
+                return
+
+    def _receive(self, source: IO[bytes]) -> None:
+        """Follow the writer process's counters; on its death, wake the sender."""
+        while (received := read_frame(source)) is not None:
+            kind, body = received
+            status = loads(body) if kind == STATUS else None
+            if not isinstance(status, WriterStatus):
+                continue
+            with self._cond:
+                if self._fallback is not None:
+                    continue  # taken over: the store, not the writer, says what is in
+                for _ in range(status.committed - self._status.committed):
+                    self._unacknowledged.popleft()
+                self._status = status
+                self._cond.notify_all()
+        if not self._closing:
+            self._writer_died = True
+            with contextlib.suppress(queue.Full):
+                self._outbox.put_nowait(_WRITER_DIED)
+
+    def _take_over(self) -> None:
+        """The writer process died: write what it had not acknowledged, here.
+
+        Runs on the sender thread, so the drafts still queued follow in their order.
+        """
+        if self._fallback is not None:
+            return
+        logger.error(
+            "dspy-ledger's writer process stopped (exit status %s); this process now "
+            "writes what it had not acknowledged, and everything recorded from now on.",
+            self._process.poll(),
+        )
+        fallback = AsyncWriter(self.handler, on_commit=self._wake_waiters)
+        with self._cond:
+            pending = [decode_draft(body, self._versions) for body in self._unacknowledged]
+            self._unacknowledged.clear()
+            # A batch may have been committed just before the writer died, unreported.
+            resubmit = [d for d in pending if not self._already_committed(d)]
+            self._taken_over_at = self._status.committed + (len(pending) - len(resubmit))
+            self._fallback = fallback
+        for draft in resubmit:
+            fallback.submit(draft)
+        self._wake_waiters()
+
+    def _already_committed(self, draft: object) -> bool:
+        stream_id = _own_stream_id(draft)
+        if stream_id is None:
+            return False
+        try:
+            return self.handler.app.stream_exists(stream_id)
+        except Exception:  # the store is away too: write it again, the retry loop waits
+            return False
