@@ -22,12 +22,13 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from dspy.utils.callback_context import ACTIVE_CALL_ID
+
+from commands.ids import new_call_id
 
 #: The call id of the innermost hooked call running in this context.
 current_call: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -154,7 +155,7 @@ class _Call:
     __slots__ = ("call_id", "end", "recorders", "tokens")
 
     def __init__(self, kind: str, instance: Any, inputs: Any, compiling: bool) -> None:
-        self.call_id = os.urandom(16).hex()  # as unique as uuid4().hex, cheaper
+        self.call_id = new_call_id()
         self.recorders = _recorders
         self.end = f"on_{kind}_end"
         for recorder in self.recorders:

@@ -9,18 +9,18 @@ draft when the call ends, its live objects reduced to plain data
 process of its own (:mod:`commands.writer_process`), which group-commits exactly the
 events an in-process writer would. The program pays for the copy; the rest runs on another core.
 
-The guarantees are those of :class:`~commands.writer.AsyncWriter`: the queue is bounded
-(``submit`` blocks rather than drop), ``flush()`` returns only once everything submitted
-before it is committed, and ``close()`` reports what could not be written. If the writer
-process dies, this process takes over: it writes the drafts the writer had not
-acknowledged (skipping any it had committed) with an in-process writer, and goes on.
+The guarantees are those of :class:`~commands.writer.AsyncWriter`: the pipe is bounded
+(``submit`` blocks rather than drop when the writer falls behind), ``flush()`` returns
+only once everything submitted before it is committed, and ``close()`` reports what
+could not be written. If the writer process dies, this process takes over: it writes
+the drafts the writer had not acknowledged (skipping any it had committed) with an
+in-process writer, and goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import subprocess
 import sys
 import threading
@@ -29,6 +29,11 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any
 from uuid import UUID
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 from commands.drafts import EvaluationDraft, OptimizationDraft, PredictionDraft, VersionDraft
 from commands.handlers import DraftHandler
@@ -54,10 +59,8 @@ logger = logging.getLogger("dspy_ledger")
 #: ``commands`` package of the user's own can never stand in for ours.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 _FLUSH_FRAME = encode(FLUSH, None)
-#: Most frames the sender writes to the pipe in one go.
-_MAX_FRAMES_PER_WRITE = 1024
-#: How long the sender waits, once woken, for more drafts to write along.
-_GATHER_SECONDS = 0.002
+#: The pipe's size where it can be set: what the writer process may fall behind by.
+_PIPE_BYTES = 1 << 21
 
 
 def _own_stream_id(draft: object) -> Any:
@@ -70,16 +73,10 @@ def _own_stream_id(draft: object) -> Any:
     return None
 
 
-#: Put in the queue to wake the sender when the writer process has died.
-_WRITER_DIED = object()
-
-
 class ProcessWriter:
     """Hands drafts to a writer process that group-commits them (see module docstring)."""
 
-    def __init__(
-        self, handler: DraftHandler, config: WriterConfig, *, max_queue: int = 10_000
-    ) -> None:
+    def __init__(self, handler: DraftHandler, config: WriterConfig) -> None:
         self.handler = handler
         self._cond = threading.Condition()
         self._submitted = 0
@@ -89,15 +86,14 @@ class ProcessWriter:
         self._unacknowledged: deque[bytes] = deque()
         self._fallback: AsyncWriter | None = None
         self._taken_over_at = 0  # drafts committed (or found committed) before a takeover
-        self._writer_died = False
         # Program versions whose state went down the pipe: later drafts name them by id.
         self._sent_versions: set[UUID] = set()
         self._versions: dict[UUID, VersionDraft] = {}  # to read back what was sent
-        self._submit_lock = threading.Lock()  # a version's state precedes its mentions
+        # Held while writing to the pipe: the pipe's order is the order drafts are
+        # committed and acknowledged in, and a version's state precedes its mentions.
+        self._pipe_lock = threading.Lock()
         self._closing = False
         self._closed = False
-        # (pickled draft, its frame) in submission order; None asks the sender to stop.
-        self._outbox: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._process = subprocess.Popen(
             [
                 sys.executable,
@@ -107,24 +103,21 @@ class ProcessWriter:
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            bufsize=0,
             start_new_session=True,  # a Ctrl-C aimed at the program must not kill it
             close_fds=True,
         )
         assert self._process.stdin is not None
         assert self._process.stdout is not None
         self._input: IO[bytes] = self._process.stdin
+        _widen_pipe(self._input)
         self._input.write(encode(CONFIG, config))
-        self._input.flush()
-        self._sender = threading.Thread(
-            target=self._send, name="dspy-ledger-writer-feed", daemon=True
-        )
         self._receiver = threading.Thread(
             target=self._receive,
             args=(self._process.stdout,),
             name="dspy-ledger-writer-status",
             daemon=True,
         )
-        self._sender.start()
         self._receiver.start()
 
     # -- the writer interface ----------------------------------------------------------
@@ -156,18 +149,29 @@ class ProcessWriter:
             return self._submitted - self._committed()
 
     def submit(self, draft: object) -> None:
-        """Copy one draft into plain data and queue it; blocks while the queue is full."""
+        """Pickle one draft and hand it to the writer process.
+
+        Blocks while the pipe is full (backpressure: the writer is behind), never drops.
+        """
         if self._closed:
             msg = "This ledger is closed; open a new one to record more."
             raise RecordingError(msg, pending=1)
-        with self._submit_lock:
+        with self._pipe_lock:
+            with self._cond:
+                self._submitted += 1
+            if self._fallback is not None:
+                self._fallback.submit(draft)
+                return
             version = getattr(draft, "version", None)
             if isinstance(version, VersionDraft) and version.version_id not in self._versions:
                 self._versions[version.version_id] = version
             body = encode_draft(draft, self._sent_versions)
             with self._cond:
-                self._submitted += 1
-            self._outbox.put((body, frame(DRAFTS, body)))
+                self._unacknowledged.append(body)
+            try:
+                self._input.write(frame(DRAFTS, body))
+            except OSError:
+                self._take_over()  # the writer process is gone; the draft is not lost
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every draft submitted so far is committed.
@@ -179,8 +183,8 @@ class ProcessWriter:
             target = self._submitted
             if self._committed() >= target:
                 return
-            with contextlib.suppress(queue.Full):
-                self._outbox.put_nowait((None, _FLUSH_FRAME))  # end the writer's lingering
+        self._ask_to_commit()
+        with self._cond:
             while self._committed() < target:
                 if self._fallback is not None:
                     self._fallback.nudge()
@@ -204,8 +208,8 @@ class ProcessWriter:
             self.flush(timeout)
         finally:
             self._closing = True
-            self._outbox.put(None)  # the sender closes the writer's input: it exits
-            self._sender.join(timeout=5)
+            with self._pipe_lock, contextlib.suppress(OSError):
+                self._input.close()  # the writer commits what it has, and exits
             try:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -227,52 +231,17 @@ class ProcessWriter:
         with self._cond:
             self._cond.notify_all()
 
-    def _send(self) -> None:
-        """Hand queued drafts to the writer process, many per system call.
-
-        The only consumer of the queue, so the order of the pipe (which the writer
-        process commits in, and acknowledges by count) is the order kept here.
-        """
-        while True:
-            items = [self._outbox.get()]
-            # Let a few more drafts arrive: one wake-up and one write for many drafts
-            # (the writer process lingers longer than this before committing anyway).
-            time.sleep(_GATHER_SECONDS)
-            while len(items) < _MAX_FRAMES_PER_WRITE:
+    def _ask_to_commit(self) -> None:
+        """End the writer process's lingering: someone waits in ``flush()``."""
+        with self._pipe_lock:
+            if self._fallback is None and not self._input.closed:
                 try:
-                    items.append(self._outbox.get_nowait())
-                except queue.Empty:
-                    break
-            stop = None in items
-            if stop:
-                items = items[: items.index(None)]
-            items = [item for item in items if item is not _WRITER_DIED]
-            if self._fallback is None and self._writer_died:
-                self._take_over()
-            if self._fallback is not None:
-                for body, _frame in items:
-                    if body is not None:
-                        self._fallback.submit(decode_draft(body, self._versions))
-                if stop:
-                    return
-                continue
-            with self._cond:
-                self._unacknowledged.extend(body for body, _ in items if body is not None)
-            try:
-                self._input.write(b"".join(framed for _, framed in items))
-                self._input.flush()
-            except OSError:
-                # The writer process is gone; its status reader says so, and the
-                # drafts just taken are among the unacknowledged ones written here.
-                self._writer_died = True
-                self._take_over()
-            if stop:
-                with contextlib.suppress(OSError):
-                    self._input.close()
-                return
+                    self._input.write(_FLUSH_FRAME)
+                except OSError:
+                    self._take_over()
 
     def _receive(self, source: IO[bytes]) -> None:
-        """Follow the writer process's counters; on its death, wake the sender."""
+        """Follow the writer process's counters; take over when it dies."""
         while (received := read_frame(source)) is not None:
             kind, body = received
             status = loads(body) if kind == STATUS else None
@@ -286,14 +255,13 @@ class ProcessWriter:
                 self._status = status
                 self._cond.notify_all()
         if not self._closing:
-            self._writer_died = True
-            with contextlib.suppress(queue.Full):
-                self._outbox.put_nowait(_WRITER_DIED)
+            with self._pipe_lock:
+                self._take_over()
 
     def _take_over(self) -> None:
         """The writer process died: write what it had not acknowledged, here.
 
-        Runs on the sender thread, so the drafts still queued follow in their order.
+        Called with the pipe lock held, so drafts submitted meanwhile follow in order.
         """
         if self._fallback is not None:
             return
@@ -322,3 +290,12 @@ class ProcessWriter:
             return self.handler.app.stream_exists(stream_id)
         except Exception:  # the store is away too: write it again, the retry loop waits
             return False
+
+
+def _widen_pipe(pipe: IO[bytes]) -> None:
+    """Let the pipe hold about a thousand drafts (Linux; elsewhere its default size)."""
+    setting = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if setting is None:
+        return
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(pipe.fileno(), setting, _PIPE_BYTES)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from commands.drafts import (
     PredictionDraft,
     Provenance,
 )
+from commands.ids import new_uuid
 from commands.payloads import to_json
 from commands.program_state import dataset_of, inputs_digest, version_of
 from commands.secrets import secret_values, split_secrets
@@ -146,7 +146,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         if args:
             call_inputs["$args"] = list(args)
         draft = PredictionDraft(
-            prediction_id=uuid.uuid4(),
+            prediction_id=new_uuid(),
             program_name=type(instance).__qualname__,
             version=version_of(instance),
             inputs=call_inputs,
@@ -212,7 +212,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             # An LM called outside any module is a prediction of its own.
             actor, context = self._who(parent)
             draft = PredictionDraft(
-                prediction_id=uuid.uuid4(),
+                prediction_id=new_uuid(),
                 program_name=f"lm:{model}",
                 version=None,
                 inputs={},
@@ -346,7 +346,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         metric = inputs.get("metric") or getattr(instance, "metric", None)
         devset = inputs.get("devset") or getattr(instance, "devset", None)
         draft = EvaluationDraft(
-            evaluation_id=uuid.uuid4(),
+            evaluation_id=new_uuid(),
             version=version_of(program) if program is not None else None,
             devset=dataset_of(devset),
             metric=callable_name(metric),
@@ -396,7 +396,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         student = merged.get("student")
         teacher = merged.get("teacher")
         draft = OptimizationDraft(
-            run_id=uuid.uuid4(),
+            run_id=new_uuid(),
             optimizer=type(instance).__qualname__,
             params=optimizer_params(instance),
             student=version_of(student) if student is not None else None,
