@@ -27,7 +27,7 @@ from commands.drafts import (
 from commands.payloads import PayloadConverter
 from commands.portable_drafts import error_message, error_type_name
 from commands.program_state import example_inputs, inputs_digest
-from commands.redaction import ALWAYS_ON
+from commands.redaction import ALWAYS_ON, NamedRedactor, Redaction
 from ledger.application import LedgerApplication
 from ledger.domain import Dataset, Evaluation, OptimizationRun, Prediction, ProgramVersion
 
@@ -49,8 +49,17 @@ class DraftHandler:
         self.app = app
         self.max_string_bytes = max_string_bytes
         #: Run over every stored string (commands.redaction); secrets are always removed.
-        self.redactors = ALWAYS_ON
+        self.redaction = Redaction(ALWAYS_ON)
         self._known: set[UUID] = set()
+
+    @property
+    def redactors(self) -> tuple[NamedRedactor, ...]:
+        """The redactors every stored string passes through (commands.redaction)."""
+        return self.redaction.redactors
+
+    @redactors.setter
+    def redactors(self, redactors: tuple[NamedRedactor, ...]) -> None:
+        self.redaction = Redaction(redactors)
 
     def forget_known(self, ids: Iterable[UUID]) -> None:
         """Forget that these streams exist (after a conflicting write)."""
@@ -84,7 +93,7 @@ class DraftHandler:
 
     def _converter(self, secrets: frozenset[str] = frozenset()) -> PayloadConverter:
         return PayloadConverter(
-            max_string_bytes=self.max_string_bytes, secrets=secrets, redactors=self.redactors
+            max_string_bytes=self.max_string_bytes, secrets=secrets, redactors=self.redaction
         )
 
     def _message(self, error: BaseException | RecordedError) -> str:

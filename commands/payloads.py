@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
-from commands.redaction import ALWAYS_ON, NamedRedactor, redact
+from commands.redaction import ALWAYS_ON, NamedRedactor, Redaction
 
 #: Strings longer than this many UTF-8 bytes are stored as a digest and a prefix.
 DEFAULT_MAX_STRING_BYTES = 1_000_000
@@ -46,6 +46,13 @@ _MAX_DEPTH = 40
 # (parent, key or index, kind) tuples, which costs far less than formatting every path.
 _KEY, _INDEX = 0, 1
 _Path = str | tuple[Any, Any, int]
+
+
+_ALWAYS_ON = Redaction(ALWAYS_ON)
+
+
+def _redaction(redactors: tuple[NamedRedactor, ...]) -> Redaction:
+    return _ALWAYS_ON if redactors == ALWAYS_ON else Redaction(redactors)
 
 
 def _render(path: _Path) -> str:
@@ -65,11 +72,11 @@ class PayloadConverter:
         *,
         max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
         secrets: frozenset[str] = frozenset(),
-        redactors: tuple[NamedRedactor, ...] = ALWAYS_ON,
+        redactors: tuple[NamedRedactor, ...] | Redaction = ALWAYS_ON,
     ) -> None:
         self.max_string_bytes = max_string_bytes
         self.secrets = secrets
-        self.redactors = redactors
+        self._redact = redactors if isinstance(redactors, Redaction) else _redaction(redactors)
         self.notes: dict[str, str] = {}
 
     def convert(self, value: Any, path: str = "$") -> Any:
@@ -130,7 +137,7 @@ class PayloadConverter:
             if secret and secret in value:
                 value = value.replace(secret, "[secret removed]")
                 self._note(path, "secret removed")
-        value, redacted_by = redact(value, self.redactors)
+        value, redacted_by = self._redact(value)
         if redacted_by:
             self._note(path, "redacted: " + ", ".join(redacted_by))
         if len(value) * 4 <= self.max_string_bytes:

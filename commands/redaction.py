@@ -38,20 +38,14 @@ class PatternRedactor:
     pattern: re.Pattern[str]
     placeholder: str
     accept: Callable[[str], bool] | None = None
-    #: Lower-case substrings every match contains: a text with none of them is skipped
-    #: without running the pattern (the always-on secrets pattern is slow on long text).
-    triggers: tuple[str, ...] = ()
+    #: False for a text that surely holds no match: it is skipped without running the
+    #: pattern (the always-on secrets pattern is slow on long text).
+    may_match: Callable[[str], bool] | None = None
 
     def __call__(self, text: str) -> str:
         """Return ``text`` with the accepted matches replaced."""
-        if self.triggers:
-            # A plain loop: a generator in any() costs more than the searches here.
-            lowered = text.lower()
-            for trigger in self.triggers:
-                if trigger in lowered:
-                    break
-            else:
-                return text
+        if self.may_match is not None and not self.may_match(text):
+            return text
         if self.accept is None:
             return self.pattern.sub(self.placeholder, text)
         accept = self.accept
@@ -83,7 +77,7 @@ def _phone_digits_ok(text: str) -> bool:
 EMAIL = PatternRedactor(
     re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
     "[email]",
-    triggers=("@",),
+    may_match=lambda text: "@" in text,
 )
 PHONE = PatternRedactor(
     re.compile(
@@ -93,6 +87,22 @@ PHONE = PatternRedactor(
     _phone_digits_ok,
 )
 CARD = PatternRedactor(re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)"), "[card]", luhn_valid)
+#: The shortest text the secrets pattern can match ("xoxa-" and ten more characters).
+_SHORTEST_SECRET = 15
+
+
+def _may_hold_secret(text: str) -> bool:
+    """False when no alternative of the secrets pattern can match (only "bearer" is
+    matched whatever its case; the others are case-sensitive, as in the pattern)."""
+    if len(text) < _SHORTEST_SECRET:
+        return False
+    if "sk-" in text or "AKIA" in text or "xox" in text or "bearer" in text.lower():
+        return True
+    return "gh" in text and (
+        "ghp_" in text or "gho_" in text or "ghu_" in text or "ghs_" in text or "ghr_" in text
+    )
+
+
 SECRETS = PatternRedactor(
     re.compile(
         r"(?i:\bbearer\s+)[A-Za-z0-9._~+/-]{8,}=*"
@@ -102,7 +112,7 @@ SECRETS = PatternRedactor(
         r"|\bxox[abprs]-[A-Za-z0-9-]{10,}"
     ),
     "[secret removed]",
-    triggers=("bearer", "sk-", "akia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xox"),
+    may_match=_may_hold_secret,
 )
 
 #: Redactors users can name, in the order they run; ``secrets`` is always on. Cards
@@ -147,6 +157,41 @@ def built_in_names(redactors: Iterable[NamedRedactor]) -> tuple[str, ...] | None
             return None
         names.append(redactor.name)
     return tuple(names)
+
+
+#: Texts at least this long are remembered with their redaction ...
+_REMEMBER_FROM = 64
+#: ... up to this many characters in all (then the memory starts afresh).
+_REMEMBER_CHARS = 4_000_000
+
+
+class Redaction:
+    """Runs a set of redactors, remembering the result for long texts seen recently.
+
+    Recorded payloads repeat long texts (a program's system prompt is in every one of
+    its LM calls), and redactors are functions of their text alone, so a text's result
+    is computed once. Memory is bounded: past :data:`_REMEMBER_CHARS` it starts afresh.
+    """
+
+    def __init__(self, redactors: Iterable[NamedRedactor]) -> None:
+        self.redactors = tuple(redactors)
+        self._recent: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._chars = 0
+
+    def __call__(self, text: str) -> tuple[str, list[str]]:
+        """The text with the redactors applied, and the names of those that changed it."""
+        if len(text) < _REMEMBER_FROM:
+            return redact(text, self.redactors)
+        known = self._recent.get(text)
+        if known is None:
+            new, changed = redact(text, self.redactors)
+            known = (new, tuple(changed))
+            if self._chars + len(text) > _REMEMBER_CHARS:
+                self._recent = {}
+                self._chars = 0
+            self._recent[text] = known
+            self._chars += len(text)
+        return known[0], list(known[1])
 
 
 def redact(text: str, redactors: Iterable[NamedRedactor]) -> tuple[str, list[str]]:
