@@ -9,7 +9,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypedDict
 
 
@@ -114,19 +114,41 @@ def postgres_base_url() -> str | None:
 
 
 @contextmanager
-def compression(setting: str) -> Iterator[None]:
-    """Store the events of ledgers opened in the block compressed (``zlib``) or not."""
-    from ledger.compression import COMPRESSION_ENV_VAR
-
-    before = os.environ.get(COMPRESSION_ENV_VAR)
-    os.environ[COMPRESSION_ENV_VAR] = setting
+def environment(name: str, value: str) -> Iterator[None]:
+    """Set one environment variable for the block, then put it back as it was."""
+    before = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            del os.environ[COMPRESSION_ENV_VAR]
+            del os.environ[name]
         else:
-            os.environ[COMPRESSION_ENV_VAR] = before
+            os.environ[name] = before
+
+
+def compression(setting: str) -> AbstractContextManager[None]:
+    """Store the events of ledgers opened in the block compressed (``zlib``) or not."""
+    from ledger.compression import COMPRESSION_ENV_VAR
+
+    return environment(COMPRESSION_ENV_VAR, setting)
+
+
+#: How a ledger's drafts are written: ``async`` through the writer process (the default),
+#: ``async, writer thread`` in the program's process (``DSPY_LEDGER_WRITER=thread``).
+WRITERS = ("async", "async, writer thread", "sync")
+
+
+def writer_name(mode: str, backend: str) -> str:
+    """The figure's name for a writer mode on a store: ``async/sqlite, writer thread``."""
+    durability, _, rest = mode.partition(",")
+    return f"{durability}/{backend}{',' + rest if rest else ''}"
+
+
+def writer_choice(mode: str) -> AbstractContextManager[None]:
+    """Open ledgers in the block with the writer ``mode`` names: ``..., writer thread``
+    keeps async writing in the program's process (``DSPY_LEDGER_WRITER=thread``)."""
+    return environment("DSPY_LEDGER_WRITER", "thread" if "writer thread" in mode else "process")
 
 
 def backends() -> list[str]:

@@ -13,6 +13,7 @@ predictions plus the wait until everything they recorded is committed).
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    WRITERS,
     Row,
     backends,
     configure_dspy,
@@ -29,6 +31,8 @@ from bench.common import (
     median,
     predict_many,
     row,
+    writer_choice,
+    writer_name,
 )
 
 SECTION = "1. Recording overhead per prediction"
@@ -42,14 +46,33 @@ def _nothing() -> None:
     """Nothing to undo or wait for."""
 
 
-def _ledger_variant(stack: ExitStack, backend: str, durability: str) -> Variant:
+def writer_process_cpu(ledger: Any) -> float:
+    """CPU seconds the ledger's writer process has used so far (0 without one)."""
+    process = getattr(ledger._writer, "_process", None)
+    if process is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # not Linux, or already gone
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: CPU seconds spent outside this process by the variant being measured.
+_elsewhere: list[Callable[[], float]] = []
+
+
+def _ledger_variant(stack: ExitStack, backend: str, mode: str) -> Variant:
     import dspy_ledger
 
     url = stack.enter_context(fresh_store(backend))
-    ledger = stack.enter_context(dspy_ledger.open(url, durability=durability))  # type: ignore[arg-type]
+    with writer_choice(mode):
+        durability = "sync" if mode == "sync" else "async"
+        ledger = stack.enter_context(dspy_ledger.open(url, durability=durability))  # type: ignore[arg-type]
 
     def enable() -> tuple[Callable[[], None], Callable[[], None]]:
         ledger.instrument()
+        _elsewhere[:] = [lambda: writer_process_cpu(ledger)]
         return ledger.uninstrument, ledger.flush
 
     return enable
@@ -140,8 +163,9 @@ def _variants(quick: bool) -> Iterator[dict[str, Variant | None]]:
             "recorder alone, drafts discarded": _recorder_alone_variant(),
         }
         for backend in backends():
-            for durability in ("async", "sync"):
-                variants[f"{durability}/{backend}"] = _ledger_variant(stack, backend, durability)
+            for mode in WRITERS:
+                name = writer_name(mode, backend)
+                variants[name] = _ledger_variant(stack, backend, mode)
         if not quick:
             variants["peer: no-op DSPy callback"] = _noop_callback_variant()
             openinference = _openinference_variant()
@@ -163,16 +187,18 @@ METRICS = ("hot path", "until written", "CPU until written")
 
 def _measure(program: Any, variant: Variant | None, count: int, offset: int) -> dict[str, float]:
     """Microseconds per prediction: wall time of the loop, wall time until everything is
-    written, and the process's CPU time (every thread) until everything is written."""
+    written, and the CPU time (every thread, and the writer process) until then."""
+    _elsewhere.clear()
     disable, wait = variant() if variant is not None else (_nothing, _nothing)
     try:
-        cpu = time.process_time()
+        cpu = time.process_time() + sum(elsewhere() for elsewhere in _elsewhere)
         started = time.perf_counter()
         predict_many(program, count, offset)
         hot = time.perf_counter() - started
         wait()
         written = time.perf_counter() - started
-        cpu = time.process_time() - cpu
+        time.sleep(0.05)  # the writer process's counters settle after its last commit
+        cpu = time.process_time() + sum(elsewhere() for elsewhere in _elsewhere) - cpu
     finally:
         disable()
     per = 1e6 / count

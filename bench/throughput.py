@@ -15,9 +15,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from bench.common import (
+    WRITERS,
     Row,
     backends,
     compression,
@@ -27,6 +28,8 @@ from bench.common import (
     median,
     predict_many,
     row,
+    writer_choice,
+    writer_name,
 )
 
 SECTION = "2. Durable throughput"
@@ -62,16 +65,27 @@ def capture_drafts(count: int) -> list[Any]:
     return drafts
 
 
-def _capacity(backend: str, durability: str, threads: int, drafts: list[Any]) -> float:
-    from commands.handlers import DraftHandler
+def _writer(mode: str, handler: Any, url: str) -> Any:
+    from commands.process_writer import ProcessWriter
     from commands.writer import AsyncWriter, SyncWriter
+    from commands.writer_protocol import WriterConfig
+
+    if mode == "sync":
+        return SyncWriter(handler)
+    if mode == "async":
+        return ProcessWriter(handler, WriterConfig(url, 1_000_000, ("secrets",), None))
+    return AsyncWriter(handler)
+
+
+def _capacity(backend: str, mode: str, threads: int, drafts: list[Any]) -> float:
+    from commands.handlers import DraftHandler
     from ledger.application import LedgerApplication
     from ledger.storage import parse_url
 
     with fresh_store(backend) as url:
         app = LedgerApplication(parse_url(url))
         handler = DraftHandler(app, max_string_bytes=1_000_000)
-        writer = SyncWriter(handler) if durability == "sync" else AsyncWriter(handler)
+        writer = _writer(mode, handler, url)
         writer.submit(drafts[0])  # the program version: registered once, untimed
         writer.flush()
         batch = drafts[1:]
@@ -89,7 +103,7 @@ def _capacity(backend: str, durability: str, threads: int, drafts: list[Any]) ->
     return (len(batch) // threads * threads) / elapsed
 
 
-def _end_to_end(backend: str | None, durability: str, threads: int, count: int) -> float:
+def _end_to_end(backend: str | None, mode: str, threads: int, count: int) -> float:
     import dspy_ledger
 
     program = make_program()
@@ -99,8 +113,15 @@ def _end_to_end(backend: str | None, durability: str, threads: int, count: int) 
 
     if backend is None:
         return count / _in_threads(threads, count, work)
-    with fresh_store(backend) as url, dspy_ledger.open(url, durability=durability) as ledger:  # type: ignore[arg-type]
+    durability: Literal["sync", "async"] = "sync" if mode == "sync" else "async"
+    with (
+        fresh_store(backend) as url,
+        writer_choice(mode),
+        dspy_ledger.open(url, durability=durability) as ledger,
+    ):
         ledger.instrument()
+        predict_many(program, 5, count)  # the writer process is up before timing
+        ledger.flush()
         started = time.perf_counter()
         _in_threads(threads, count, work)
         ledger.flush()
@@ -124,10 +145,10 @@ def run(quick: bool) -> list[Row]:
             row(SECTION, f"end to end: bare DSPy, {threads} thread(s)", bare, "predictions/s")
         )
         for backend in backends():
-            for durability in ("async", "sync"):
-                name = f"{durability}/{backend}"
+            for mode in WRITERS:
+                name = writer_name(mode, backend)
                 e2e = median(
-                    [_end_to_end(backend, durability, threads, e2e_count) for _ in range(rounds)]
+                    [_end_to_end(backend, mode, threads, e2e_count) for _ in range(rounds)]
                 )
                 rows.append(
                     row(
@@ -139,7 +160,7 @@ def run(quick: bool) -> list[Row]:
                     )
                 )
                 capacity = median(
-                    [_capacity(backend, durability, threads, drafts) for _ in range(rounds)]
+                    [_capacity(backend, mode, threads, drafts) for _ in range(rounds)]
                 )
                 rows.append(
                     row(
