@@ -253,31 +253,56 @@ class AsyncWriter:
             self._commit_with_retry(batch)
 
     def _commit_with_retry(self, batch: list[object]) -> None:
-        backoff = 0.05
-        while True:
-            try:
-                unbuildable = commit_drafts(self.handler, batch)
-            except Exception as error:
-                self.stats.retries += 1
-                self.stats.last_error = str(error)
-                if self.stats.retries == 1 or self.stats.retries % 20 == 0:
-                    logger.error(
-                        "dspy-ledger could not write %d recorded call(s), retrying: %s",
-                        len(batch),
-                        error,
-                    )
-                if self._on_error is not None:
-                    self._on_error(str(error))
-                if self._stopping.is_set():
-                    return  # closing: what is left is reported by close()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
-                continue
-            with self._cond:
-                self.stats.committed += len(batch)
-                self.stats.unbuildable += unbuildable
-                self.stats.batches += 1
-                self._cond.notify_all()
-            if self._on_commit is not None:
-                self._on_commit(self.stats)
+        unbuildable = commit_with_retry(
+            self.handler,
+            batch,
+            self.stats,
+            give_up=self._stopping.is_set,  # closing: close() reports what is left
+            max_backoff=self._max_backoff,
+            on_error=self._on_error,
+        )
+        if unbuildable is None:
             return
+        with self._cond:
+            self.stats.committed += len(batch)
+            self.stats.unbuildable += unbuildable
+            self.stats.batches += 1
+            self._cond.notify_all()
+        if self._on_commit is not None:
+            self._on_commit(self.stats)
+
+
+def commit_with_retry(
+    handler: DraftHandler,
+    batch: list[object],
+    stats: WriterStats,
+    *,
+    give_up: Callable[[], bool],
+    max_backoff: float = 5.0,
+    on_error: Callable[[str], None] | None = None,
+) -> int | None:
+    """Commit one batch, retrying with exponential backoff while the store refuses it.
+
+    Returns how many drafts could not be turned into events, or None if ``give_up()``
+    said to stop retrying (the batch is then not committed). Failures are counted in
+    ``stats`` and logged (the first, then every twentieth).
+    """
+    backoff = 0.05
+    while True:
+        try:
+            return commit_drafts(handler, batch)
+        except Exception as error:
+            stats.retries += 1
+            stats.last_error = str(error)
+            if stats.retries == 1 or stats.retries % 20 == 0:
+                logger.error(
+                    "dspy-ledger could not write %d recorded call(s), retrying: %s",
+                    len(batch),
+                    error,
+                )
+            if on_error is not None:
+                on_error(str(error))
+            if give_up():
+                return None
+            time.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff)

@@ -2,24 +2,34 @@
 
 Started by :class:`commands.process_writer.ProcessWriter` (never by users), it reads
 frames (:mod:`commands.writer_protocol`) from its standard input and group-commits the
-drafts with the same :class:`~commands.writer.AsyncWriter` an in-process ledger uses,
-reporting its counters on standard output after every commit. Turning drafts into
-events (payload conversion, redaction, encryption, JSON) is most of the cost of
-recording; here it runs on another core, beside the program rather than inside it.
+drafts with the same handler and retry loop an in-process ledger uses, reporting its
+counters on standard output after every commit. Turning drafts into events (payload
+conversion, redaction, encryption, JSON) is most of the cost of recording; here it runs
+on another core, beside the program rather than inside it.
+
+One thread does everything: it reads whatever the pipe holds, and commits a batch when
+:data:`MAX_BATCH` drafts are waiting, when the first of them has waited
+:data:`LINGER_SECONDS`, or at once when the recording process waits in ``flush()``.
+(A reading thread beside a committing one would hand the interpreter lock back and forth
+on every read.) While the store refuses a batch it retries with backoff and reads
+nothing more, so the pipe fills and the recording process waits: backpressure.
 
 When its input ends (the ledger closed, or the recording process died) it commits
-everything it has received, retrying for up to :data:`FINAL_FLUSH_SECONDS` while the
-store is away, and exits. It ignores Ctrl-C and runs in a session of its own, so an
-interrupt aimed at the program never loses what the program already recorded.
+everything it has received and exits; if the store stays away, it gives up
+:data:`FINAL_FLUSH_SECONDS` after the recording process has gone. It ignores Ctrl-C and
+runs in a session of its own, so an interrupt aimed at the program never loses what
+the program already recorded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import sys
-import threading
+import time
+from typing import IO
 from uuid import UUID
 
 from commands.writer_protocol import (
@@ -32,13 +42,42 @@ from commands.writer_protocol import (
     WriterStatus,
     encode,
     loads,
-    read_frame,
+    split_frames,
 )
 
-#: How long the writer keeps trying to commit what it holds once its input has ended.
+#: Most drafts committed in one transaction.
+MAX_BATCH = 500
+#: How long the first draft of a batch waits for others to share its transaction.
+LINGER_SECONDS = 0.02
+#: How long the writer keeps retrying once the recording process has gone.
 FINAL_FLUSH_SECONDS = 60.0
+_READ_BYTES = 1 << 20
 
 logger = logging.getLogger("dspy_ledger")
+
+
+class _Status:
+    """Writes the writer's counters to the recording process after every commit."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._listening = True
+
+    def report(self, stats: object) -> None:
+        if not self._listening:
+            return
+        status = WriterStatus(
+            stats.committed,  # type: ignore[attr-defined]
+            stats.unbuildable,  # type: ignore[attr-defined]
+            stats.batches,  # type: ignore[attr-defined]
+            stats.retries,  # type: ignore[attr-defined]
+            stats.last_error,  # type: ignore[attr-defined]
+        )
+        try:
+            self._out.write(encode(STATUS, status))
+            self._out.flush()
+        except OSError:  # the recording process is gone; keep committing anyway
+            self._listening = False
 
 
 def main() -> int:
@@ -48,9 +87,16 @@ def main() -> int:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     logging.basicConfig(level=logging.WARNING, format="dspy-ledger writer: %(message)s")
-    source = sys.stdin.buffer
-    first = read_frame(source)
-    config = loads(first[1]) if first is not None and first[0] == CONFIG else None
+    fd = sys.stdin.fileno()
+    buffer = bytearray()
+    frames: list[tuple[int, bytes]] = []
+    while not frames:
+        chunk = os.read(fd, _READ_BYTES)
+        if not chunk:
+            break
+        buffer += chunk
+        frames = split_frames(buffer)
+    config = loads(frames[0][1]) if frames and frames[0][0] == CONFIG else None
     if not isinstance(config, WriterConfig):
         logger.error("started without a configuration; exiting.")
         return 2
@@ -59,7 +105,7 @@ def main() -> int:
     from commands.handlers import DraftHandler
     from commands.portable_drafts import decode_draft
     from commands.redaction import build_redactors
-    from commands.writer import AsyncWriter, WriterStats
+    from commands.writer import WriterStats, commit_with_retry
     from ledger.application import LedgerApplication
     from ledger.privacy.master import MasterKey
     from ledger.storage import parse_url
@@ -69,48 +115,71 @@ def main() -> int:
         app.subject_keys.master = MasterKey(config.master_key)
     handler = DraftHandler(app, max_string_bytes=config.max_string_bytes)
     handler.redactors = build_redactors(config.redactors)
-
-    lock = threading.Lock()
-    parent_listening = [True]
-
-    def report(stats: WriterStats) -> None:
-        status = WriterStatus(
-            stats.committed, stats.unbuildable, stats.batches, stats.retries, stats.last_error
-        )
-        with lock:
-            if not parent_listening[0]:
-                return
-            try:
-                out.write(encode(STATUS, status))
-                out.flush()
-            except OSError:  # the recording process is gone; keep committing anyway
-                parent_listening[0] = False
-
+    status = _Status(out)
+    stats = WriterStats()
     versions: dict[UUID, VersionDraft] = {}  # program versions sent once, named after
-    writer: AsyncWriter | None = None
-    writer = AsyncWriter(
-        handler,
-        on_commit=report,
-        on_error=lambda _error: report(writer.stats) if writer is not None else None,
-    )
-    while (frame := read_frame(source)) is not None:
-        kind, body = frame
-        if kind == DRAFTS:
-            try:
-                draft = decode_draft(body, versions)
-            except Exception as error:
-                draft = UnreadableDraft(f"{type(error).__name__}: {error}")
-            writer.submit(draft)
-        elif kind == FLUSH:
-            writer.nudge()
+    parent = os.getppid()
+    gone_since: list[float] = []
+
+    def give_up() -> bool:
+        if os.getppid() == parent:
+            return False  # the recording process still waits for these
+        gone_since[:1] = gone_since[:1] or [time.monotonic()]
+        return time.monotonic() - gone_since[0] > FINAL_FLUSH_SECONDS
+
+    pending: list[object] = []
+    deadline = 0.0
+    flush_asked = ended = False
+
+    def take(frames: list[tuple[int, bytes]]) -> None:
+        nonlocal deadline, flush_asked
+        for kind, body in frames:
+            if kind == DRAFTS:
+                if not pending:
+                    deadline = time.monotonic() + LINGER_SECONDS
+                try:
+                    pending.append(decode_draft(body, versions))
+                except Exception as error:
+                    pending.append(UnreadableDraft(f"{type(error).__name__}: {error}"))
+            elif kind == FLUSH:
+                flush_asked = True
+
+    take(frames[1:])
     try:
-        writer.close(timeout=FINAL_FLUSH_SECONDS)
-    except Exception as error:
-        logger.error("%s", error)
-        return 1
+        while True:
+            if not ended:
+                if not pending:
+                    wait: float | None = None
+                elif flush_asked or len(pending) >= MAX_BATCH:
+                    wait = 0.0
+                else:
+                    wait = max(0.0, deadline - time.monotonic())
+                if select.select([fd], [], [], wait)[0]:
+                    chunk = os.read(fd, _READ_BYTES)
+                    if chunk:
+                        buffer += chunk
+                        take(split_frames(buffer))
+                    else:
+                        ended = True
+            due = ended or flush_asked or len(pending) >= MAX_BATCH
+            if pending and (due or time.monotonic() >= deadline):
+                batch = pending[:MAX_BATCH]
+                del pending[:MAX_BATCH]
+                unbuildable = commit_with_retry(handler, batch, stats, give_up=give_up)
+                if unbuildable is None:
+                    lost = len(batch) + len(pending)
+                    logger.error("%d recorded call(s) could not be written; giving up.", lost)
+                    return 1
+                stats.committed += len(batch)
+                stats.unbuildable += unbuildable
+                stats.batches += 1
+                status.report(stats)
+                if not pending:
+                    flush_asked = False
+            elif ended and not pending:
+                return 0
     finally:
         app.close()
-    return 0
 
 
 if __name__ == "__main__":

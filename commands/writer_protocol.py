@@ -79,6 +79,19 @@ class UnreadableDraft:
     reason: str
 
 
+def split_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """Take every complete frame off the front of ``buffer`` (a partial one stays)."""
+    frames = []
+    while len(buffer) >= _HEADER.size:
+        size, kind = _HEADER.unpack_from(buffer)
+        end = _HEADER.size + size
+        if len(buffer) < end:
+            break
+        frames.append((kind, bytes(buffer[_HEADER.size : end])))
+        del buffer[:end]
+    return frames
+
+
 def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
     chunks: list[bytes] = []
     remaining = size
