@@ -154,12 +154,12 @@ class _Call:
 
     __slots__ = ("call_id", "end", "recorders", "tokens")
 
-    def __init__(self, kind: str, instance: Any, inputs: Any, compiling: bool) -> None:
+    def __init__(self, start: str, end: str, instance: Any, inputs: Any, compiling: bool) -> None:
         self.call_id = new_call_id()
         self.recorders = _recorders
-        self.end = f"on_{kind}_end"
+        self.end = end
         for recorder in self.recorders:
-            getattr(recorder, f"on_{kind}_start")(self.call_id, instance, inputs)
+            getattr(recorder, start)(self.call_id, instance, inputs)
         compile_token = None
         if compiling:
             compile_token = _compiling.set((*_compiling.get(), _compile_key(instance)))
@@ -182,11 +182,12 @@ class _Call:
 def _wrap(kind: str, original: Callable[..., Any]) -> Callable[..., Any]:
     bind = _binder(original)
     is_compile = kind == "compile"
+    start, end = f"on_{kind}_start", f"on_{kind}_end"
 
     def begin(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
         if not _recorders or (is_compile and _compile_key(instance) in _compiling.get()):
             return None
-        return _Call(kind, instance, bind(instance, args, kwargs), is_compile)
+        return _Call(start, end, instance, bind(instance, args, kwargs), is_compile)
 
     if inspect.iscoroutinefunction(original):
 
