@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -78,6 +79,8 @@ class ProcessWriter:
 
     def __init__(self, handler: DraftHandler, config: WriterConfig) -> None:
         self.handler = handler
+        self._config = config
+        self._pid = os.getpid()
         self._cond = threading.Condition()
         self._submitted = 0
         self._status = WriterStatus(0, 0, 0, 0, None)
@@ -156,6 +159,7 @@ class ProcessWriter:
         if self._closed:
             msg = "This ledger is closed; open a new one to record more."
             raise RecordingError(msg, pending=1)
+        self._own_process()
         with self._pipe_lock:
             with self._cond:
                 self._submitted += 1
@@ -178,6 +182,7 @@ class ProcessWriter:
 
         Raises RecordingError if that does not happen within ``timeout`` seconds.
         """
+        self._own_process()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._submitted
@@ -220,6 +225,15 @@ class ProcessWriter:
                 self._fallback.close(timeout)
 
     # -- inside ------------------------------------------------------------------------
+
+    def _own_process(self) -> None:
+        """In a forked copy of the recording process, start a writer process of its own.
+
+        The pipe (and the writer at its end) belong to the process that opened the
+        ledger: frames written to it from two processes would interleave.
+        """
+        if self._pid != os.getpid():
+            self.__init__(self.handler, self._config)  # type: ignore[misc]
 
     def _committed(self) -> int:
         # Called with the condition held.

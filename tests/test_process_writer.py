@@ -262,3 +262,34 @@ def test_which_writer_records_async_ledgers(
     monkeypatch.setenv("DSPY_LEDGER_WRITER", "fork")
     with pytest.raises(InvalidInputError, match="DSPY_LEDGER_WRITER"):
         dspy_ledger.open(sqlite_url, durability="async")
+
+
+def test_a_forked_process_records_through_a_writer_of_its_own(sqlite_url: str) -> None:
+    ledger = dspy_ledger.open(sqlite_url, durability="async")
+    ledger.instrument()
+    program = dspy.Predict("question -> answer")
+    with dspy.context(lm=DummyLM([{"answer": "a"}] * 40)):
+        program(question="before the fork")
+        pid = os.fork()
+        if pid == 0:  # a worker forked after the ledger was opened (multiprocessing's way)
+            code = 1
+            try:
+                for i in range(10):
+                    program(question=f"child {i}")
+                ledger.flush(timeout=60)
+                code = 0 if ledger._writer.stats.committed == 10 else 3
+            finally:
+                os._exit(code)
+        for i in range(10):
+            program(question=f"parent {i}")
+        _, status = os.waitpid(pid, 0)
+    ledger.flush(timeout=60)
+    assert os.waitstatus_to_exitcode(status) == 0
+    questions = [
+        data["inputs"]["question"] for data in only(events_of(ledger), "PredictionStarted")
+    ]
+    assert sorted(questions) == sorted(
+        ["before the fork"] + [f"child {i}" for i in range(10)] + [f"parent {i}" for i in range(10)]
+    )
+    assert ledger.recording_errors == 0
+    ledger.close()
