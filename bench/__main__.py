@@ -78,10 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path("bench/results"), help="folder for the results"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[name.rpartition(".")[2] for name in SECTIONS],
+        help="run only this section (repeat for several)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for name in SECTIONS:
+        if args.only and name.rpartition(".")[2] not in args.only:
+            continue
         module = _load(name)
         if module is None:
             continue
