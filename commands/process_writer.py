@@ -56,9 +56,15 @@ from ledger.errors import RecordingError
 
 logger = logging.getLogger("dspy_ledger")
 
-#: The directory holding this package, put first on the writer's path so that a
-#: ``commands`` package of the user's own can never stand in for ours.
+#: The directory holding this package. The writer's path leaves out the working
+#: directory (where a ``commands`` package of the program's own may live) and ends with
+#: this one, so that it never shadows the standard library either.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_BOOTSTRAP = (
+    "import sys; root = {root!r}; "
+    "sys.path[:] = [p for p in sys.path if p not in ('', '.', root)] + [root]; "
+    "from commands.writer_process import main; sys.exit(main())"
+)
 _FLUSH_FRAME = encode(FLUSH, None)
 #: The pipe's size where it can be set: what the writer process may fall behind by.
 _PIPE_BYTES = 1 << 21
@@ -101,8 +107,7 @@ class ProcessWriter:
             [
                 sys.executable,
                 "-c",
-                f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-                "from commands.writer_process import main; sys.exit(main())",
+                _BOOTSTRAP.format(root=_PACKAGE_ROOT),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

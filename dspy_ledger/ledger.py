@@ -138,7 +138,14 @@ class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin, ReplayMixin):
             redactors=names,
             master_key=master.secret if master is not None else None,
         )
-        return ProcessWriter(self._handler, config)
+        try:
+            return ProcessWriter(self._handler, config)
+        except OSError as error:  # no interpreter to start (an embedded Python, say)
+            logger.warning(
+                "dspy-ledger could not start its writer process (%s); writing on a thread.",
+                error,
+            )
+            return AsyncWriter(self._handler)
 
     @property
     def url(self) -> str:
