@@ -8,7 +8,7 @@ from commands.handlers import error_message
 from commands.replay.diffing import failure_diff, output_diff
 from commands.replay.report import ModelTotals, PredictionResult
 from commands.replay.runner import Outcome
-from commands.replay.selection import RecordedPrediction, fold_predictions
+from commands.replay.selection import MadePrediction, RecordedPrediction
 from ledger.application import LedgerApplication
 from ledger.hashing import digest
 from ledger.reading import plain
@@ -74,23 +74,24 @@ def score(metric: Any, example: Any, prediction: Any) -> float:
     return float(value)
 
 
-def replayed_records(
-    app: LedgerApplication, start: int, context: str
-) -> dict[str, RecordedPrediction]:
-    """The replay's own recorded predictions, by the DSPy call id of their program call."""
-    made = fold_predictions(app, lambda started: started.context == context, start=start)
-    return {str(p.call_tree.get("call_id")): p for p in made if p.call_tree}
+def _model_totals(by_model: dict[str, ModelTotals], call: dict[str, Any]) -> ModelTotals:
+    """The totals of the call's model (made on first use: a model is built only once)."""
+    model = str(call["model"])
+    totals = by_model.get(model)
+    if totals is None:
+        totals = by_model[model] = ModelTotals(model=model)
+    return totals
 
 
 def add_costs(
     result: PredictionResult,
     recorded: RecordedPrediction,
-    replayed: RecordedPrediction | None,
+    replayed: MadePrediction | None,
     by_model: dict[str, ModelTotals],
 ) -> None:
     """Fill in the replay's prediction id, cost and latency, and the per-model totals."""
     for call in recorded.model_calls:
-        totals = by_model.setdefault(str(call["model"]), ModelTotals(model=str(call["model"])))
+        totals = _model_totals(by_model, call)
         totals.calls_before += 1
         totals.cost_before_usd += float(call.get("cost_usd") or 0.0)
         totals.latency_before_ms += float(call.get("latency_ms") or 0.0)
@@ -101,7 +102,7 @@ def add_costs(
     result.cost_after_usd = replayed.cost_usd
     result.models_after = sorted({str(c.get("model")) for c in replayed.model_calls})
     for call in replayed.model_calls:
-        totals = by_model.setdefault(str(call["model"]), ModelTotals(model=str(call["model"])))
+        totals = _model_totals(by_model, call)
         totals.calls_after += 1
         totals.cost_after_usd += float(call.get("cost_usd") or 0.0)
         totals.latency_after_ms += float(call.get("latency_ms") or 0.0)

@@ -15,7 +15,6 @@ from commands.replay.judging import (
     failed_result,
     judge,
     label_index,
-    replayed_records,
     score,
 )
 from commands.replay.planning import ProgramBuilder, ReplayOptions, live_lm, metric_callable
@@ -23,7 +22,12 @@ from commands.replay.programs import ProgramLoadError
 from commands.replay.recorded_lm import RecordedAnswersLM, recorded_calls
 from commands.replay.report import ModelTotals, PredictionResult, ReplayReport, summarize
 from commands.replay.runner import Job, Outcome, is_async_program, run_jobs
-from commands.replay.selection import RecordedPrediction, load_prediction, select_predictions
+from commands.replay.selection import (
+    RecordedPrediction,
+    load_prediction,
+    predictions_made,
+    select_predictions,
+)
 from ledger.application import LedgerApplication
 from ledger.domain import Replay
 
@@ -153,7 +157,8 @@ def run_replay(
         tick()
     outcomes = {o.index: o for o in _run(jobs, options, lm, context, tick)} if jobs else {}
     flush()
-    replayed = replayed_records(app, first_position, context)
+    call_ids = {outcome.call_id for outcome in outcomes.values() if outcome.call_id}
+    replayed = predictions_made(app, call_ids, start=first_position)
     labels = label_index(app) if metric is not None else {}
     by_model: dict[str, ModelTotals] = {}
     results = []
