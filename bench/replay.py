@@ -127,7 +127,7 @@ def run(quick: bool) -> list[Row]:
     import dspy_ledger
 
     logging.getLogger("dspy").setLevel(logging.ERROR)
-    count, rounds = (40, 3) if quick else (300, 7)
+    count, rounds = (40, 5) if quick else (300, 7)
     matches: list[float] = []
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
