@@ -4,8 +4,17 @@ A recorded replay re-runs the program with every LM call answered from the recor
 records the replay (its predictions, one verdict each, the totals). Its throughput
 should be bounded by DSPy itself: the target is at least 80% of the throughput of
 running the same program (the demo's ``ChainOfThought``) bare, with no ledger, against
-``DummyLM``. Both are measured side by side in one process, alternating, best of the
-repeats; only the ratio means anything on a shared machine.
+``DummyLM``.
+
+Three variants run side by side in one process, interleaved round by round, and the
+medians are reported: the bare program; the same program recorded by the ledger
+(async writer, until committed); and a recorded replay of the same number of recorded
+predictions. Each recorded run and each replay gets a fresh copy of the same recorded
+ledger, so every round replays against the same record. The gap between replay and
+bare splits into two parts, both reported per prediction: recording (recorded minus
+bare) and the replay's own work (replay minus recorded: choosing and reading the
+record, serving it, judging, reading back what the writer added, recording the
+verdicts).
 
     python -m bench.replay [--quick]
 """
@@ -14,16 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Row, row
+from bench.common import Row, interleaved, median, row
 
 PROGRAM = "dspy_ledger.demo:build_program"
 TARGET_RATIO = 0.8
+SECTION = "4. Replay"
 
 
 def _answers(count: int) -> list[dict[str, str]]:
@@ -76,11 +87,39 @@ def _record(ledger: Any, count: int) -> None:
             program(question=question)
 
 
-def _replay(ledger: Any) -> tuple[float, float]:
+def _replay(ledger: Any, count: int) -> tuple[float, float]:
     """Seconds for one recorded replay of the production predictions, and its match rate."""
     started = time.perf_counter()
     report = ledger.replay(PROGRAM)
-    return time.perf_counter() - started, report.totals.exact_match_rate
+    seconds = time.perf_counter() - started
+    if report.totals.predictions != count:
+        msg = f"The replay covered {report.totals.predictions} predictions, not {count}."
+        raise RuntimeError(msg)
+    return seconds, report.totals.exact_match_rate
+
+
+class _Copies:
+    """Fresh copies of one recorded SQLite ledger, one per measured run."""
+
+    def __init__(self, folder: Path, original: Path) -> None:
+        self.folder = folder
+        self.original = original
+        self.made = 0
+
+    @contextlib.contextmanager
+    def open(self) -> Any:
+        """Open a new copy of the recorded ledger; delete it when done."""
+        import dspy_ledger
+
+        self.made += 1
+        copy = self.folder / f"copy-{self.made}.db"
+        shutil.copyfile(self.original, copy)
+        try:
+            with dspy_ledger.open(f"sqlite:///{copy}", durability="async") as ledger:
+                yield ledger
+        finally:
+            for leftover in self.folder.glob(f"{copy.name}*"):
+                leftover.unlink()
 
 
 def run(quick: bool) -> list[Row]:
@@ -88,59 +127,74 @@ def run(quick: bool) -> list[Row]:
     import dspy_ledger
 
     logging.getLogger("dspy").setLevel(logging.ERROR)
-    count, repeats = (40, 2) if quick else (300, 3)
-    with tempfile.TemporaryDirectory() as folder:
-        url = f"sqlite:///{Path(folder) / 'ledger.db'}"
-        with dspy_ledger.open(url, durability="async") as ledger:
+    count, rounds = (40, 5) if quick else (300, 7)
+    matches: list[float] = []
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        original = folder / "recorded.db"
+        with dspy_ledger.open(f"sqlite:///{original}", durability="async") as ledger:
             _record(ledger, count)
-            ledger.flush()
-            _bare(min(count, 10))  # warm DSPy's adapters and imports for both sides
-            bare, recorded, replay, match = [], [], [], 1.0
-            for _ in range(repeats):
-                bare.append(_bare(count))
-                recorded.append(_bare(count, recorded_by=ledger))
-                seconds, rate = _replay(ledger)
-                replay.append(seconds)
-                match = min(match, rate)
-    bare_rate = count / min(bare)
-    recorded_rate = count / min(recorded)
-    replay_rate = count / min(replay)
-    section = "4. Replay"
+        # Closed: everything is in the main database file, which is all a copy takes.
+        copies = _Copies(folder, original)
+
+        def recorded() -> float:
+            with copies.open() as ledger:
+                return _bare(count, recorded_by=ledger)
+
+        def replay() -> float:
+            with copies.open() as ledger:
+                seconds, rate = _replay(ledger, count)
+            matches.append(rate)
+            return seconds
+
+        variants = {"bare": lambda: _bare(count), "recorded": recorded, "replay": replay}
+        interleaved(variants, 1)  # warm DSPy's adapters, imports and caches for every variant
+        times = interleaved(variants, rounds)
+    bare, recorded_s, replay_s = (median(times[n]) for n in ("bare", "recorded", "replay"))
+    per_prediction = 1e6 / count
+    recording_us = median([r - b for r, b in zip(times["recorded"], times["bare"], strict=True)])
+    replay_us = median([p - r for p, r in zip(times["replay"], times["recorded"], strict=True)])
     return [
-        row(section, "bare program against DummyLM (no ledger)", bare_rate, "predictions/s"),
+        row(SECTION, "bare program against DummyLM (no ledger)", count / bare, "predictions/s"),
         row(
-            section,
+            SECTION,
             "recorded replay (served from the record, replay recorded)",
-            replay_rate,
+            count / replay_s,
             "predictions/s",
-            baseline=bare_rate,
+            baseline=count / bare,
             target=f">= {TARGET_RATIO}x bare",
         ),
         row(
-            section,
+            SECTION,
             "the same program recorded by the ledger (async writer)",
-            recorded_rate,
+            count / recorded_s,
             "predictions/s",
-            baseline=bare_rate,
+            baseline=count / bare,
         ),
         row(
-            section,
+            SECTION,
             "recorded replay vs the same program recorded",
-            replay_rate,
+            count / replay_s,
             "predictions/s",
-            baseline=recorded_rate,
+            baseline=count / recorded_s,
         ),
         row(
-            section,
-            "recorded replay exact-match rate",
-            match,
-            "fraction",
-            target="1.0",
+            SECTION,
+            "recording cost per prediction (recorded minus bare)",
+            recording_us * per_prediction,
+            "us/prediction",
         ),
+        row(
+            SECTION,
+            "replay-specific cost per prediction (replay minus recorded)",
+            replay_us * per_prediction,
+            "us/prediction",
+        ),
+        row(SECTION, "recorded replay exact-match rate", min(matches), "fraction", target="1.0"),
     ]
 
 
 if __name__ == "__main__":
     for item in run(quick="--quick" in sys.argv[1:]):
         ratio = "" if item["ratio"] is None else f"  ratio {item['ratio']:.3f}"
-        print(f"{item['name']:<60} {item['value']:>10.1f} {item['unit']}{ratio}")
+        print(f"{item['name']:<62} {item['value']:>10.1f} {item['unit']}{ratio}")

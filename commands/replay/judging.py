@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from commands.handlers import error_message
 from commands.replay.diffing import failure_diff, output_diff
-from commands.replay.report import ModelTotals, PredictionResult
+from commands.replay.report import ModelTotals, PredictionResult, Verdict
 from commands.replay.runner import Outcome
-from commands.replay.selection import RecordedPrediction, fold_predictions
+from commands.replay.selection import MadePrediction, RecordedPrediction
 from ledger.application import LedgerApplication
 from ledger.hashing import digest
 from ledger.reading import plain
@@ -24,38 +25,62 @@ def recorded_failure(error: BaseException) -> tuple[str, str]:
     return type(error).__qualname__, error_message(error)
 
 
-def judge(recorded: RecordedPrediction, outcome: Outcome) -> PredictionResult:
-    """The verdict on one replayed prediction (without costs: see :func:`add_costs`)."""
-    result = PredictionResult(
+def judge(
+    recorded: RecordedPrediction,
+    outcome: Outcome,
+    replayed: MadePrediction | None,
+    by_model: dict[str, ModelSums],
+) -> PredictionResult:
+    """The verdict on one replayed prediction, with its cost and latency before and after.
+
+    ``replayed`` is the replay's own recorded prediction (None if none was recorded);
+    the LM calls of both are added to ``by_model``. The result is built in one go: a
+    pydantic model costs more to change field by field than to build.
+    """
+    divergence = outcome.divergences[0] if outcome.divergences else None
+    error = None
+    if outcome.error is None and recorded.status == "completed":
+        diff = output_diff(recorded.outputs or {}, outcome.outputs or {})
+    else:
+        before = (recorded.error_type, recorded.error_message)
+        after = recorded_failure(outcome.error) if outcome.error else (None, None)
+        diff = failure_diff(before, after)
+        if outcome.error is not None:
+            error = f"{after[0]}: {after[1]}"
+    verdict: Verdict = "identical"
+    if divergence is not None:
+        verdict = "different"
+        if outcome.error is not None:
+            # The divergence is the difference; the error it raised only repeats it.
+            diff, error = [], None
+    elif outcome.error is not None and diff:
+        verdict = "failed"
+    elif diff:
+        verdict = "different"
+    add_calls(by_model, recorded.model_calls, after=False)
+    after_fields: dict[str, Any] = {}
+    if replayed is not None:
+        add_calls(by_model, replayed.model_calls, after=True)
+        after_fields = {
+            "replay_prediction_id": str(replayed.prediction_id),
+            "latency_after_ms": replayed.latency_ms,
+            "cost_after_usd": replayed.cost_usd,
+            "models_after": sorted({str(c.get("model")) for c in replayed.model_calls}),
+        }
+    return PredictionResult(
         original_prediction_id=str(recorded.prediction_id),
         program_version_id=str(recorded.program_version_id or "") or None,
-        verdict="identical",
+        verdict=verdict,
+        diff=diff,
+        error=error,
+        divergence=divergence,
         recorded_status=recorded.status,
         replayed_outputs=outcome.outputs,
         cost_before_usd=recorded.cost_usd,
         latency_before_ms=recorded.latency_ms,
         models_before=sorted({str(call.get("model")) for call in recorded.model_calls}),
+        **after_fields,
     )
-    if outcome.divergences:
-        result.divergence = outcome.divergences[0]
-    if outcome.error is None and recorded.status == "completed":
-        result.diff = output_diff(recorded.outputs or {}, outcome.outputs or {})
-    else:
-        before = (recorded.error_type, recorded.error_message)
-        after = recorded_failure(outcome.error) if outcome.error else (None, None)
-        result.diff = failure_diff(before, after)
-        if outcome.error is not None:
-            result.error = f"{after[0]}: {after[1]}"
-    if result.divergence is not None:
-        result.verdict = "different"
-        if outcome.error is not None:
-            # The divergence is the difference; the error it raised only repeats it.
-            result.diff, result.error = [], None
-    elif outcome.error is not None and result.diff:
-        result.verdict = "failed"
-    elif result.diff:
-        result.verdict = "different"
-    return result
 
 
 def failed_result(prediction_id: str, message: str, status: str = "unknown") -> PredictionResult:
@@ -74,37 +99,45 @@ def score(metric: Any, example: Any, prediction: Any) -> float:
     return float(value)
 
 
-def replayed_records(
-    app: LedgerApplication, start: int, context: str
-) -> dict[str, RecordedPrediction]:
-    """The replay's own recorded predictions, by the DSPy call id of their program call."""
-    made = fold_predictions(app, lambda started: started.context == context, start=start)
-    return {str(p.call_tree.get("call_id")): p for p in made if p.call_tree}
+@dataclass
+class ModelSums:
+    """One model's LM calls, cost and latency, recorded (before) and replayed (after)."""
+
+    calls: list[int] = field(default_factory=lambda: [0, 0])
+    cost_usd: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    latency_ms: list[float] = field(default_factory=lambda: [0.0, 0.0])
+
+    def totals(self, model: str) -> ModelTotals:
+        """The report's form of the sums."""
+        return ModelTotals(
+            model=model,
+            calls_before=self.calls[0],
+            calls_after=self.calls[1],
+            cost_before_usd=self.cost_usd[0],
+            cost_after_usd=self.cost_usd[1],
+            latency_before_ms=self.latency_ms[0],
+            latency_after_ms=self.latency_ms[1],
+        )
 
 
-def add_costs(
-    result: PredictionResult,
-    recorded: RecordedPrediction,
-    replayed: RecordedPrediction | None,
-    by_model: dict[str, ModelTotals],
+def add_calls(
+    by_model: dict[str, ModelSums], model_calls: list[dict[str, Any]], *, after: bool
 ) -> None:
-    """Fill in the replay's prediction id, cost and latency, and the per-model totals."""
-    for call in recorded.model_calls:
-        totals = by_model.setdefault(str(call["model"]), ModelTotals(model=str(call["model"])))
-        totals.calls_before += 1
-        totals.cost_before_usd += float(call.get("cost_usd") or 0.0)
-        totals.latency_before_ms += float(call.get("latency_ms") or 0.0)
-    if replayed is None:
-        return
-    result.replay_prediction_id = str(replayed.prediction_id)
-    result.latency_after_ms = replayed.latency_ms
-    result.cost_after_usd = replayed.cost_usd
-    result.models_after = sorted({str(c.get("model")) for c in replayed.model_calls})
-    for call in replayed.model_calls:
-        totals = by_model.setdefault(str(call["model"]), ModelTotals(model=str(call["model"])))
-        totals.calls_after += 1
-        totals.cost_after_usd += float(call.get("cost_usd") or 0.0)
-        totals.latency_after_ms += float(call.get("latency_ms") or 0.0)
+    """Add recorded (``after=False``) or replayed LM calls to the per-model sums."""
+    side = 1 if after else 0
+    for call in model_calls:
+        model = str(call["model"])
+        sums = by_model.get(model)
+        if sums is None:
+            sums = by_model[model] = ModelSums()
+        sums.calls[side] += 1
+        sums.cost_usd[side] += float(call.get("cost_usd") or 0.0)
+        sums.latency_ms[side] += float(call.get("latency_ms") or 0.0)
+
+
+def model_totals(by_model: dict[str, ModelSums]) -> dict[str, ModelTotals]:
+    """The per-model sums as the report's totals."""
+    return {model: sums.totals(model) for model, sums in by_model.items()}
 
 
 def label_index(app: LedgerApplication) -> dict[str, dict[str, Any]]:

@@ -116,9 +116,11 @@ class ProgramBuilder:
         self.target: RecordedVersion | None = None
         if options.program_version not in (RECORDED_VERSION, CURRENT_CODE):
             self.target = self._target_version(options.program_version)
+        #: The program built to check that ``options.program`` imports, used once.
+        self._checked: Any = None
         if options.program is not None:
             # An explicit program that does not import stops the whole replay.
-            build_program(program_factory(options.program), options.program)
+            self._checked = build_program(program_factory(options.program), options.program)
 
     def _target_version(self, value: str) -> RecordedVersion:
         try:
@@ -162,8 +164,11 @@ class ProgramBuilder:
         return self._programs[key]
 
     def _build(self, path: str, state: RecordedVersion | None) -> Any:
+        fresh, self._checked = self._checked, None
+        if fresh is None or path != self.options.program:
+            fresh = build_program(program_factory(path), path)
         # A copy: a factory that hands out a shared instance keeps its own LMs and tools.
-        program = build_program(program_factory(path), path).deepcopy()
+        program = fresh.deepcopy()
         if state is not None:
             load_recorded_state(program, state)
         if self.options.mode == "recorded" or self.options.lm is not None:

@@ -1,10 +1,10 @@
 """The LM of a recorded replay: it answers each request from the recorded outputs.
 
-Every recorded ``ModelExecuted`` is filed under the digest of its messages (role and
-text of each, in order). A request is answered by the oldest unused recorded call
-with the same digest, so identical prompts are served in the order they were
-recorded, and different prompts match by content whatever order they come in. A
-request with no recorded answer is a *divergence*: it is noted and raised as
+Every recorded ``ModelExecuted`` is filed under its messages (role and text of each,
+in order). A request is answered by the oldest unused recorded call with the same
+messages, so identical prompts are served in the order they were recorded, and
+different prompts match by content whatever order they come in. A request with no
+recorded answer is a *divergence*: it is noted and raised as
 :class:`ReplayDivergenceError`; nothing ever goes to the network. A recorded call
 that failed fails again, with the recorded error type and message.
 
@@ -46,7 +46,7 @@ class _Served:
 class RecordedCalls:
     """One prediction's recorded LM answers and tool results, consumed as served."""
 
-    answers: dict[str, deque[_Served]]
+    answers: dict[tuple[tuple[str, str], ...], deque[_Served]]
     tool_results: dict[str, deque[dict[str, Any]]]
     recorded_messages: list[Any]
     divergences: list[dict[str, Any]] = field(default_factory=list)
@@ -131,9 +131,13 @@ def normalized(messages: Any) -> list[tuple[str, str]]:
     return out
 
 
-def messages_key(messages: Any) -> str:
-    """The digest a request's messages are matched by."""
-    return digest([list(pair) for pair in normalized(messages)])
+def messages_key(messages: Any) -> tuple[tuple[str, str], ...]:
+    """What a request's messages are matched by: their (role, text) pairs.
+
+    The pairs themselves, not a digest of them: a dictionary compares them exactly, and
+    hashing strings costs less than serializing the messages for a digest.
+    """
+    return tuple(normalized(messages))
 
 
 def tool_key(name: str, arguments: Any) -> str:
@@ -159,7 +163,7 @@ def prompt_diff(recorded: Any, replayed: Any) -> str:
 
 def recorded_calls(model_calls: list[dict[str, Any]], call_tree: dict[str, Any]) -> RecordedCalls:
     """Index one prediction's recorded LM calls and tool results for serving."""
-    answers: dict[str, deque[_Served]] = {}
+    answers: dict[tuple[tuple[str, str], ...], deque[_Served]] = {}
     recorded_messages = []
     for call in model_calls:
         recorded_messages.append(call.get("messages") or [])

@@ -10,20 +10,25 @@ from uuid import UUID
 
 from commands import scope
 from commands.replay.judging import (
-    add_costs,
+    ModelSums,
     example_for,
     failed_result,
     judge,
     label_index,
-    replayed_records,
+    model_totals,
     score,
 )
 from commands.replay.planning import ProgramBuilder, ReplayOptions, live_lm, metric_callable
 from commands.replay.programs import ProgramLoadError
 from commands.replay.recorded_lm import RecordedAnswersLM, recorded_calls
-from commands.replay.report import ModelTotals, PredictionResult, ReplayReport, summarize
+from commands.replay.report import PredictionResult, ReplayReport, summarize
 from commands.replay.runner import Job, Outcome, is_async_program, run_jobs
-from commands.replay.selection import RecordedPrediction, load_prediction, select_predictions
+from commands.replay.selection import (
+    RecordedPrediction,
+    load_prediction,
+    predictions_made,
+    select_predictions,
+)
 from ledger.application import LedgerApplication
 from ledger.domain import Replay
 
@@ -153,9 +158,10 @@ def run_replay(
         tick()
     outcomes = {o.index: o for o in _run(jobs, options, lm, context, tick)} if jobs else {}
     flush()
-    replayed = replayed_records(app, first_position, context)
+    call_ids = {outcome.call_id for outcome in outcomes.values() if outcome.call_id}
+    replayed = predictions_made(app, call_ids, start=first_position)
     labels = label_index(app) if metric is not None else {}
-    by_model: dict[str, ModelTotals] = {}
+    by_model: dict[str, ModelSums] = {}
     results = []
     for index, recorded in enumerate(predictions):
         if index in load_errors:
@@ -163,14 +169,12 @@ def run_replay(
             results.append(result)
             continue
         outcome = outcomes[index]
-        result = judge(recorded, outcome)
-        record = replayed.get(outcome.call_id or "")
-        add_costs(result, recorded, record, by_model)
+        result = judge(recorded, outcome, replayed.get(outcome.call_id or ""), by_model)
         if metric is not None:
             _score(result, recorded, outcome, metric, labels)
         results.append(result)
     results.extend(unknown)
-    totals = summarize(results, by_model)
+    totals = summarize(results, model_totals(by_model))
     for result in results:
         replay.record_result(
             original_prediction_id=result.original_prediction_id,
