@@ -151,6 +151,14 @@ def writer_choice(mode: str) -> AbstractContextManager[None]:
     return environment("DSPY_LEDGER_WRITER", "thread" if "writer thread" in mode else "process")
 
 
+def writer_ready(ledger: Any, timeout: float = 30.0) -> None:
+    """Wait until an async ledger's writer process is up: its start-up (about half a
+    second, once per ledger) is measured on its own, not inside a throughput figure."""
+    wait = getattr(ledger._writer, "wait_ready", None)
+    if wait is not None:
+        wait(timeout)
+
+
 def backends() -> list[str]:
     """The stores to measure: SQLite always, PostgreSQL when a server answers."""
     return ["sqlite", "postgres"] if postgres_base_url() is not None else ["sqlite"]

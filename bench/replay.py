@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Row, interleaved, median, row
+from bench.common import Row, interleaved, median, row, writer_ready
 
 PROGRAM = "dspy_ledger.demo:build_program"
 TARGET_RATIO = 0.8
@@ -116,6 +116,7 @@ class _Copies:
         shutil.copyfile(self.original, copy)
         try:
             with dspy_ledger.open(f"sqlite:///{copy}", durability="async") as ledger:
+                writer_ready(ledger)
                 yield ledger
         finally:
             for leftover in self.folder.glob(f"{copy.name}*"):

@@ -103,6 +103,7 @@ class ProcessWriter:
         self._pipe_lock = threading.Lock()
         self._closing = False
         self._closed = False
+        self._ready = threading.Event()  # the writer process has opened the store
         self._process = subprocess.Popen(
             [
                 sys.executable,
@@ -155,6 +156,11 @@ class ProcessWriter:
         """Drafts submitted and not yet committed."""
         with self._cond:
             return self._submitted - self._committed()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the writer process has started and opened the store (or this
+        process has taken over); False if that did not happen within ``timeout``."""
+        return self._ready.wait(timeout)
 
     def submit(self, draft: object) -> None:
         """Pickle one draft and hand it to the writer process.
@@ -273,6 +279,7 @@ class ProcessWriter:
                     self._unacknowledged.popleft()
                 self._status = status
                 self._cond.notify_all()
+            self._ready.set()
         if not self._closing:
             with self._pipe_lock:
                 self._take_over()
@@ -297,6 +304,7 @@ class ProcessWriter:
             resubmit = [d for d in pending if not self._already_committed(d)]
             self._taken_over_at = self._status.committed + (len(pending) - len(resubmit))
             self._fallback = fallback
+            self._ready.set()
         for draft in resubmit:
             fallback.submit(draft)
         self._wake_waiters()

@@ -117,6 +117,7 @@ def main() -> int:
     handler.redactors = build_redactors(config.redactors)
     status = _Status(out)
     stats = WriterStats()
+    status.report(stats)  # ready: the store is open
     versions: dict[UUID, VersionDraft] = {}  # program versions sent once, named after
     parent = os.getppid()
     gone_since: list[float] = []

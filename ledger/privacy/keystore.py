@@ -22,14 +22,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventsourcing.persistence import IntegrityError
-from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger.errors import MasterKeyError, PrivacyError
 from ledger.privacy.master import KEY_BYTES, MASTER_KEY_ENV, MasterKey
+
+if TYPE_CHECKING:  # the PostgreSQL driver is imported only by ledgers that use it
+    from eventsourcing.postgres import PostgresDatastore
 
 DEFAULT_CACHE_SECONDS = 5.0
 
@@ -66,7 +68,7 @@ class SubjectKeys:
         self.datastore = datastore
         self.master = master
         self.cache_seconds = cache_seconds
-        self._postgres = isinstance(datastore, PostgresDatastore)
+        self._postgres = not isinstance(datastore, SQLiteDatastore)
         self._names = self._table_names()
         self._lock = threading.Lock()
         self._created = False
@@ -78,8 +80,8 @@ class SubjectKeys:
 
     def _table_names(self) -> dict[str, str]:
         names = {"keys": "privacy_keys", "streams": "privacy_subject_streams"}
-        if isinstance(self.datastore, PostgresDatastore):
-            schema = self.datastore.schema
+        if self._postgres:
+            schema = self.datastore.schema  # type: ignore[union-attr]
             return {k: f'"{schema}"."dspyledger_{n}"' for k, n in names.items()}
         return names
 
