@@ -41,6 +41,8 @@ class PatternRedactor:
     #: False for a text that surely holds no match: it is skipped without running the
     #: pattern (the always-on secrets pattern is slow on long text).
     may_match: Callable[[str], bool] | None = None
+    #: The length of the shortest text the pattern can match.
+    shortest: int = 0
 
     def __call__(self, text: str) -> str:
         """Return ``text`` with the accepted matches replaced."""
@@ -78,6 +80,7 @@ EMAIL = PatternRedactor(
     re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
     "[email]",
     may_match=lambda text: "@" in text,
+    shortest=6,  # a@b.cd
 )
 PHONE = PatternRedactor(
     re.compile(
@@ -85,8 +88,11 @@ PHONE = PatternRedactor(
     ),
     "[phone]",
     _phone_digits_ok,
+    shortest=7,
 )
-CARD = PatternRedactor(re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)"), "[card]", luhn_valid)
+CARD = PatternRedactor(
+    re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)"), "[card]", luhn_valid, shortest=13
+)
 #: The shortest text the secrets pattern can match ("xoxa-" and ten more characters).
 _SHORTEST_SECRET = 15
 
@@ -113,6 +119,7 @@ SECRETS = PatternRedactor(
     ),
     "[secret removed]",
     may_match=_may_hold_secret,
+    shortest=_SHORTEST_SECRET,
 )
 
 #: Redactors users can name, in the order they run; ``secrets`` is always on. Cards
@@ -177,9 +184,14 @@ class Redaction:
         self.redactors = tuple(redactors)
         self._recent: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._chars = 0
+        # Texts shorter than every redactor's shortest match pass untouched (most of a
+        # payload's strings: field names, ids, short answers). A user's callable: 0.
+        self._shortest = min((getattr(r.redact, "shortest", 0) for r in self.redactors), default=0)
 
     def __call__(self, text: str) -> tuple[str, list[str]]:
         """The text with the redactors applied, and the names of those that changed it."""
+        if len(text) < self._shortest:
+            return text, []
         if len(text) < _REMEMBER_FROM:
             return redact(text, self.redactors)
         known = self._recent.get(text)
