@@ -86,6 +86,12 @@ class MerkleRecorder(Protocol):
     def leaf_at(self, position: int) -> LeafRow | None:
         """Return the leaf recorded for a position, if any."""
 
+    def leaf_count(self) -> int:
+        """One more than the highest leaf index stored (0 for none)."""
+
+    def positions_of(self, indexes: list[int]) -> dict[int, int]:
+        """The positions recorded for the given leaf indexes (absent ones left out)."""
+
     def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
         """Return a leaf with this hash, if any (used to recognise moved rows)."""
 
@@ -167,6 +173,21 @@ class SQLiteMerkleRecorder(SQLiteTrackingRecorder):
         """Return the leaf recorded for ``position``."""
         found = self._leaves("WHERE position = ?", (position,))
         return found[0] if found else None
+
+    def leaf_count(self) -> int:
+        """One more than the highest leaf index stored (0 for none)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT coalesce(max(leaf_index) + 1, 0) FROM merkle_leaves")
+            return int(c.fetchone()[0])
+
+    def positions_of(self, indexes: list[int]) -> dict[int, int]:
+        """The positions recorded for the given leaf indexes (absent ones left out)."""
+        found: dict[int, int] = {}
+        for chunk in _chunks(indexes):
+            marks = ", ".join("?" * len(chunk))
+            for index, position, _ in self._leaf_tuples(f"WHERE leaf_index IN ({marks})", chunk):
+                found[index] = position
+        return found
 
     def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
         """Return a leaf with this hash."""
@@ -255,10 +276,34 @@ class PostgresMerkleRecorder(PostgresTrackingRecorder):
         found = self._leaves("WHERE position = %s", (position,))
         return found[0] if found else None
 
+    def leaf_count(self) -> int:
+        """One more than the highest leaf index stored (0 for none)."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL("SELECT coalesce(max(leaf_index) + 1, 0) AS n FROM {0}").format(
+                    self.leaves_table
+                )
+            )
+            row = curs.fetchone()
+        assert row is not None
+        return int(row["n"])
+
+    def positions_of(self, indexes: list[int]) -> dict[int, int]:
+        """The positions recorded for the given leaf indexes (absent ones left out)."""
+        found: dict[int, int] = {}
+        for chunk in _chunks(indexes):
+            for index, position, _ in self._leaf_tuples("WHERE leaf_index = ANY(%s)", (chunk,)):
+                found[index] = position
+        return found
+
     def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
         """Return a leaf with this hash."""
         found = self._leaves("WHERE hash = %s LIMIT 1", (hash_,))
         return found[0] if found else None
+
+
+def _chunks(values: list[int], size: int = 500) -> list[list[int]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
 
 
 def make_recorder(app: LedgerApplication) -> MerkleRecorder:
