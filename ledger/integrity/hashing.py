@@ -47,15 +47,33 @@ class LeafHasher:
     def hash_rows(self, rows: Sequence[EventRow]) -> list[bytes]:
         """The leaf hash of each row, in order."""
         prefix = self._prefix
-        return [
-            _sha256(
-                prefix(topic)
+        try:
+            return [
+                _sha256(
+                    prefix(topic)
+                    + stream_id_part(stream_id)
+                    + _pack_version_length(version, len(state))
+                    + state
+                ).digest()
+                for _, topic, stream_id, version, state in rows
+            ]
+        except (TypeError, AttributeError, struct.error):
+            return [self._hash_odd_row(row) for row in rows]
+
+    def _hash_odd_row(self, row: EventRow) -> bytes:
+        """The leaf hash of a row edited to hold values of the wrong type, if it has one."""
+        _, topic, stream_id, version, state = row
+        if isinstance(state, str):
+            state = state.encode()  # text written into the state column, stored as UTF-8
+        try:
+            return _sha256(
+                self._prefix(topic)
                 + stream_id_part(stream_id)
                 + _pack_version_length(version, len(state))
                 + state
             ).digest()
-            for _, topic, stream_id, version, state in rows
-        ]
+        except (TypeError, AttributeError, struct.error):
+            return b""  # a NULL or a value no event holds: equal to no leaf hash
 
 
 _ID_PARTS: dict[Any, bytes] = {}

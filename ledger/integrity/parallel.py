@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
@@ -69,6 +69,8 @@ RANGES_PER_WORKER: Final = 4
 
 #: Checks one range (one per worker, used for many ranges).
 Checker = Callable[[LeafRange], RangeOutcome]
+#: Where ranges are checked: worker processes, threads, or this process alone.
+Mode = Literal["processes", "threads", "this process"]
 #: Starts a worker on entering and stops it on leaving.
 CheckerFactory = Callable[[], AbstractContextManager[Checker]]
 
@@ -135,21 +137,23 @@ class RangeScanner:
         self._width = self._settings.width_for(self._leaves)
         self._stack = ExitStack()
         self._checks: list[Checker] = []
+        #: Where the ranges are checked (known once entered).
+        self.mode: Mode = "this process"
 
-    def _factories(self) -> tuple[CheckerFactory, int]:
+    def _factories(self) -> tuple[CheckerFactory, int, Mode]:
         """Where ranges are checked, and by how many workers."""
         workers = min(self._settings.workers, max(1, -(-self._leaves // self._width)))
         local = _in_process(self._datastore, self._table, self._log)
         path = _sqlite_file(self._datastore)
         if workers > 1 and path is not None:
-            return _process(path, self._table, self._log.batch_size), workers
-        if isinstance(self._datastore, PostgresDatastore):
-            return local, workers  # each thread takes its own pooled connection
-        return local, 1  # an in-memory SQLite ledger exists in this process only
+            return _process(path, self._table, self._log.batch_size), workers, "processes"
+        if workers > 1 and isinstance(self._datastore, PostgresDatastore):
+            return local, workers, "threads"  # each thread takes its own pooled connection
+        return local, 1, "this process"
 
     def __enter__(self) -> RangeScanner:
         """Start the workers."""
-        factory, workers = self._factories()
+        factory, workers, self.mode = self._factories()
         try:
             self._checks = [self._stack.enter_context(factory()) for _ in range(workers)]
         except BaseException:
@@ -184,6 +188,7 @@ class RangeScanner:
             outcomes = _dispatch(jobs, self._checks, progress)
         except WorkerFailedError as error:
             logger.warning("dspy-ledger: verifying in this process instead: %s", error)
+            self.mode = "this process"
             with _in_process(self._datastore, self._table, self._log)() as check:
                 outcomes = _dispatch(jobs, [check], progress)
         return None if outcomes is None else combine_ranges(outcomes)

@@ -30,7 +30,6 @@ from pydantic import BaseModel
 from ledger.application import LedgerApplication
 from ledger.integrity.checkpoint import CHECKPOINT_TOPIC, Checkpoint, key_id
 from ledger.integrity.errors import SignatureInvalidError
-from ledger.integrity.leaf import event_leaf_hash
 from ledger.integrity.log import LeafRow, LogState, MerkleLog
 from ledger.integrity.merkle import Frontier, MerkleError, verify_consistency
 from ledger.integrity.parallel import RangeScanner, ScanSettings
@@ -198,7 +197,8 @@ def verify_log(
                 None,
                 f"An event was inserted at position {row.id}, which has no leaf in the Merkle log.",
             )
-        digest = event_leaf_hash(row.topic, row.originator_id, row.originator_version, row.state)
+        row_tuple = (row.id, row.topic, row.originator_id, row.originator_version, row.state)
+        digest = log.leaf_hasher.hash_rows([row_tuple])[0]
         if digest != leaf.hash:
             moved = log.recorder.leaf_with_hash(digest)
             if moved is not None and moved.position != row.id:
