@@ -116,6 +116,12 @@ class IntegrityMixin:
 
     def checkpoint(self, sign_key: Path | str | Ed25519PrivateKey | None = None) -> CheckpointInfo:
         """Hash new events, then record (and return) a checkpoint, signed if a key is given."""
+        return _info(*self._record_checkpoint(sign_key))
+
+    def _record_checkpoint(
+        self, sign_key: Path | str | Ed25519PrivateKey | None
+    ) -> tuple[Checkpoint, int | None]:
+        """Hash new events, record a checkpoint; return it and the position recorded at."""
         key = load_private_key(Path(sign_key)) if isinstance(sign_key, (str, Path)) else sign_key
         log = self.merkle_log
         log.catch_up()
@@ -128,7 +134,7 @@ class IntegrityMixin:
         recorded_at = self.app.save_aggregates(
             MerkleCheckpoint.from_checkpoint(checkpoint, actor=self.actor)
         )
-        return _info(checkpoint, recorded_at)
+        return checkpoint, recorded_at
 
     def prove(self, position: int) -> InclusionProof:
         """Return the inclusion proof of the event at ``position`` in today's log."""
@@ -160,15 +166,7 @@ class IntegrityMixin:
         sign_key: Path | str | Ed25519PrivateKey | None = None,
     ) -> tuple[int, CheckpointInfo]:
         """Write an audit bundle of the selected events; return the count and checkpoint."""
-        info = self.checkpoint(sign_key)
-        checkpoint = Checkpoint.from_recorded(
-            info.tree_size,
-            info.root_hash,
-            info.last_position,
-            info.time,
-            key_id=info.key_id,
-            signature=info.signature,
-        )
+        checkpoint, recorded_at = self._record_checkpoint(sign_key)
         selection: dict[str, Any] = {
             "stream": str(stream) if stream else None,
             "actor": actor,
@@ -177,7 +175,7 @@ class IntegrityMixin:
         }
         chosen = self._select(stream, actor, since, until, checkpoint.last_position)
         count = write_bundle(path, self.merkle_log, checkpoint, chosen, selection)
-        return count, info
+        return count, _info(checkpoint, recorded_at)
 
     def _select(
         self,
