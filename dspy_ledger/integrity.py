@@ -28,6 +28,7 @@ from ledger.integrity.checkpoint import (
     now_utc,
 )
 from ledger.integrity.log import MerkleLog
+from ledger.integrity.parallel import BackgroundCatchUp
 from ledger.integrity.verify import VerifyReport, verify_log
 from ledger.storage import StoreURL
 
@@ -66,6 +67,7 @@ class IntegrityMixin:
     actor: str
     _merkle_log: MerkleLog | None = None
     _auto_checkpoints: AutoCheckpointer | None = None
+    _background_catch_up: BackgroundCatchUp | None = None
 
     @property
     def merkle_log(self) -> MerkleLog:
@@ -80,10 +82,13 @@ class IntegrityMixin:
         if not policy.enabled or self._auto_checkpoints is not None:
             return
 
-        def take() -> int:
-            info = self.checkpoint(policy.key_path)
-            return info.recorded_at or info.last_position
+        catch_up = BackgroundCatchUp(self.app, self.merkle_log)
 
+        def take() -> int:
+            checkpoint, recorded_at = self._record_checkpoint(policy.key_path, catch_up=catch_up)
+            return recorded_at or checkpoint.last_position
+
+        self._background_catch_up = catch_up
         self._auto_checkpoints = AutoCheckpointer(policy, self.app.last_position, take).start()
 
     def stop_auto_checkpoints(self) -> None:
@@ -91,6 +96,9 @@ class IntegrityMixin:
         if self._auto_checkpoints is not None:
             self._auto_checkpoints.stop()
             self._auto_checkpoints = None
+        if self._background_catch_up is not None:
+            self._background_catch_up.close()
+            self._background_catch_up = None
 
     def verify(
         self,
@@ -119,12 +127,18 @@ class IntegrityMixin:
         return _info(*self._record_checkpoint(sign_key))
 
     def _record_checkpoint(
-        self, sign_key: Path | str | Ed25519PrivateKey | None
+        self,
+        sign_key: Path | str | Ed25519PrivateKey | None,
+        *,
+        catch_up: Callable[[], int] | None = None,
     ) -> tuple[Checkpoint, int | None]:
-        """Hash new events, record a checkpoint; return it and the position recorded at."""
+        """Hash new events, record a checkpoint; return it and the position recorded at.
+
+        ``catch_up`` hashes the new events (default: the log's own, in this thread).
+        """
         key = load_private_key(Path(sign_key)) if isinstance(sign_key, (str, Path)) else sign_key
         log = self.merkle_log
-        log.catch_up()
+        (catch_up or log.catch_up)()
         state = log.state()
         checkpoint = Checkpoint(
             state.frontier.size, state.frontier.root(), state.last_position, now_utc()

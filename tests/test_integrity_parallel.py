@@ -17,7 +17,12 @@ from ledger.domain import Dataset
 from ledger.errors import InvalidInputError
 from ledger.integrity.leaf import event_leaf_hash
 from ledger.integrity.merkle import root_hash
-from ledger.integrity.parallel import PostgresRangeReader, RangeScanner, ScanSettings
+from ledger.integrity.parallel import (
+    BackgroundCatchUp,
+    PostgresRangeReader,
+    RangeScanner,
+    ScanSettings,
+)
 from ledger.integrity.ranges import Batch, check_range, combine_ranges, plan_ranges
 from ledger.integrity.verify import VerifyReport, verify_log
 from tests.test_cli import cli
@@ -111,6 +116,31 @@ def test_a_worker_that_cannot_start_leaves_the_work_to_this_process(
             assert scanner.mode == "this process"
         assert scanned is not None
         assert scanned.frontier.root().hex() == expected.root_hash
+
+
+def test_background_catch_up_hashes_in_a_worker_process_or_else_here(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Ledger(ledger_url, actor="t") as ledger:
+        ledger.stop_auto_checkpoints()
+        log = ledger.merkle_log
+        catch_up = BackgroundCatchUp(ledger.app, log)
+        try:
+            _fill(ledger, 9)
+            assert catch_up() == 9
+            assert catch_up.worker_running == (ledger.store.backend == "sqlite")
+            _fill(ledger, 4)
+            assert catch_up() == 4
+            monkeypatch.setattr(sys, "executable", "/bin/false")
+            catch_up.close()  # the next call starts a worker that cannot run
+            _fill(ledger, 2)
+            assert catch_up() == 2
+            assert not catch_up.worker_running
+        finally:
+            catch_up.close()
+        assert log.state().frontier.size == 15
+        report = verify_log(ledger.app, log, update=False)
+        assert report.ok and report.events_checked == 15 and report.untracked_events == 0
 
 
 class ListReader:

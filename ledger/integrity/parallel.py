@@ -270,17 +270,17 @@ def _sqlite_file(datastore: Any) -> str | None:
     return os.path.abspath(name)
 
 
-def _process(path: str, table: str, batch: int) -> CheckerFactory:
-    """Checkers that each run a worker process over the SQLite file at ``path``."""
+class WorkerProcess:
+    """A ``python -m ledger.integrity.worker`` process, asked one JSON line at a time."""
 
-    @contextmanager
-    def start() -> Iterator[Checker]:
+    def __init__(self, task: str, path: str, table: str, batch: int) -> None:
+        """Start a worker for ``task`` (``ranges`` or ``catch-up``) on the SQLite file ``path``."""
         # The worker imports this package from where this process found it.
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        command = [sys.executable, "-m", "ledger.integrity.worker", path, table, str(batch)]
-        process = subprocess.Popen(
+        command = [sys.executable, "-m", "ledger.integrity.worker", task, path, table, str(batch)]
+        self._process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -288,36 +288,104 @@ def _process(path: str, table: str, batch: int) -> CheckerFactory:
             text=True,
             env=env,
         )
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and return the answer; :class:`WorkerFailedError` if there is none."""
+        process = self._process
         assert process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.write(json.dumps(request) + "\n")
+            process.stdin.flush()
+            answer: dict[str, Any] = json.loads(process.stdout.readline())
+            return answer
+        except (OSError, ValueError) as error:
+            process.kill()
+            _, errors = process.communicate()
+            last = errors.strip().splitlines()[-1:] or [repr(error)]
+            raise WorkerFailedError(f"a worker process failed ({last[0]})") from None
+
+    def close(self) -> None:
+        """Let the worker finish and wait for it."""
+        process = self._process
+        assert process.stdin is not None and process.stdout is not None
+        with suppress(OSError):  # a worker that died has nothing left to read
+            process.stdin.close()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a stuck worker
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def _process(path: str, table: str, batch: int) -> CheckerFactory:
+    """Checkers that each run a worker process over the SQLite file at ``path``."""
+
+    @contextmanager
+    def start() -> Iterator[Checker]:
+        worker = WorkerProcess("ranges", path, table, batch)
 
         def check(job: LeafRange) -> RangeOutcome:
-            assert process.stdin is not None and process.stdout is not None
+            answer = worker.ask(job.to_json())
             try:
-                process.stdin.write(json.dumps(job.to_json()) + "\n")
-                process.stdin.flush()
-                line = process.stdout.readline()
-                return RangeOutcome.from_json(json.loads(line))
-            except (OSError, ValueError, KeyError, TypeError) as error:
-                process.kill()
-                _, errors = process.communicate()
-                last = errors.strip().splitlines()[-1:] or [repr(error)]
-                raise WorkerFailedError(f"a verification worker failed ({last[0]})") from None
+                return RangeOutcome.from_json(answer)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise WorkerFailedError(f"a worker process answered {answer!r:.80}") from None
 
         try:
             yield check
         finally:
-            with suppress(OSError):  # a worker that died has nothing left to read
-                process.stdin.close()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a stuck worker
-                process.kill()
-                process.wait()
-            process.stdout.close()
-            if process.stderr is not None:
-                process.stderr.close()
+            worker.close()
 
     return start
+
+
+class BackgroundCatchUp:
+    """Hashes new events into the log for a background thread, outside the GIL if it can.
+
+    On a SQLite file a worker process (started at the first call, kept until
+    :meth:`close`) does the hashing: a thread hashing next to a recording thread
+    slows recording several times more than the hashing itself costs, because each
+    time the recording thread comes back from the database it waits for the GIL.
+    Elsewhere, or if the worker fails, the calling thread hashes, handing the GIL
+    over every few hundred events.
+    """
+
+    def __init__(self, app: LedgerApplication, log: MerkleLog) -> None:
+        """Catch ``log`` up with ``app``'s events."""
+        self._log = log
+        recorder: Any = app.recorder
+        self._path = _sqlite_file(recorder.datastore)
+        self._table: str = recorder.events_table_name
+        self._worker: WorkerProcess | None = None
+
+    def __call__(self) -> int:
+        """Hash the events stored since the log's last position; return how many."""
+        if self._path is not None:
+            try:
+                if self._worker is None:
+                    self._worker = WorkerProcess(
+                        "catch-up", self._path, self._table, self._log.batch_size
+                    )
+                return int(self._worker.ask({})["added"])
+            except (WorkerFailedError, KeyError, TypeError, ValueError) as error:
+                logger.warning("dspy-ledger: hashing in this process instead: %s", error)
+                self.close()
+                self._path = None
+        return self._log.catch_up(background=True)
+
+    @property
+    def worker_running(self) -> bool:
+        """Whether a worker process is running (after the first call, on a SQLite file)."""
+        return self._worker is not None
+
+    def close(self) -> None:
+        """Stop the worker process, if one runs."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
 
 def _in_process(datastore: Any, table: str, log: MerkleLog) -> CheckerFactory:
@@ -410,4 +478,11 @@ _SERVER_LEAF_HASH: Final = SQL(
 _CLIENT_COLUMNS: Final = SQL("topic, originator_id, originator_version, state")
 
 
-__all__ = ["PostgresRangeReader", "RangeScanner", "ScanSettings", "WorkerFailedError"]
+__all__ = [
+    "BackgroundCatchUp",
+    "PostgresRangeReader",
+    "RangeScanner",
+    "ScanSettings",
+    "WorkerFailedError",
+    "WorkerProcess",
+]

@@ -20,15 +20,7 @@ def read_event_rows(app: LedgerApplication, start: int, limit: int) -> list[Even
     datastore: Any = recorder.datastore
     table = recorder.events_table_name
     if isinstance(datastore, SQLiteDatastore):
-        with datastore.transaction(commit=False) as c:
-            c.row_factory = None  # type: ignore[attr-defined]  # tuples, not Row objects
-            c.execute(
-                "SELECT rowid, topic, originator_id, originator_version, state "
-                f"FROM {table} WHERE rowid >= ? ORDER BY rowid LIMIT ?",
-                (start, limit),
-            )
-            rows: list[EventRow] = c.fetchall()
-            return rows
+        return read_sqlite_rows(datastore, table, start, limit)
     statement = SQL(
         "SELECT notification_id, topic, originator_id, originator_version, state "
         "FROM {0}.{1} WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
@@ -47,4 +39,26 @@ def read_event_rows(app: LedgerApplication, start: int, limit: int) -> list[Even
         ]
 
 
-__all__ = ["EventRow", "LeafHasher", "extend_frontier", "read_event_rows", "stream_id_part"]
+__all__ = [
+    "EventRow",
+    "LeafHasher",
+    "extend_frontier",
+    "read_event_rows",
+    "read_sqlite_rows",
+    "stream_id_part",
+]
+
+
+def read_sqlite_rows(
+    datastore: SQLiteDatastore, table: str, start: int, limit: int
+) -> list[EventRow]:
+    """Up to ``limit`` events of a SQLite ``table`` from position ``start``, as tuples."""
+    with datastore.transaction(commit=False) as c:
+        c.row_factory = None  # type: ignore[attr-defined]  # tuples, not Row objects
+        c.execute(
+            "SELECT rowid, topic, originator_id, originator_version, state "
+            f"FROM {table} WHERE rowid >= ? ORDER BY rowid LIMIT ?",
+            (start, limit),
+        )
+        rows: list[EventRow] = c.fetchall()
+        return rows
