@@ -18,8 +18,9 @@ Settings come from the environment, read at each verification:
 
 * ``DSPY_LEDGER_VERIFY_WORKERS``: processes or threads (default: the CPUs this
   process may use; 1: no parallelism);
-* ``DSPY_LEDGER_VERIFY_RANGE``: leaves per range, a power of two (default: about
-  four ranges per worker, at least 16,384 leaves each).
+* ``DSPY_LEDGER_VERIFY_RANGE``: leaves per range, a power of two (default: one
+  range below 100,000 leaves, else about four ranges per worker, at least 16,384
+  leaves each).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import json
 import logging
 import os
 import queue
+import site
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
@@ -62,7 +65,10 @@ from ledger.integrity.ranges import (
 
 logger = logging.getLogger("dspy_ledger")
 
-#: The smallest range width chosen automatically: smaller ones cost more than they save.
+#: Logs smaller than this are checked in this process by default: starting worker
+#: processes (about 0.1 s each) would cost more than it saves.
+MIN_PARALLEL_LEAVES: Final = 100_000
+#: The smallest range width chosen automatically.
 MIN_AUTO_WIDTH: Final = 1 << 14
 #: Ranges per worker chosen automatically, so that a slow worker delays little.
 RANGES_PER_WORKER: Final = 4
@@ -96,6 +102,8 @@ class ScanSettings:
         """The range width for a log of ``leaves`` leaves."""
         if self.width is not None:
             return self.width
+        if leaves < MIN_PARALLEL_LEAVES or self.workers == 1:
+            return 1 << leaves.bit_length()  # one range
         share = leaves // (RANGES_PER_WORKER * self.workers)
         return max(MIN_AUTO_WIDTH, 1 << max(share.bit_length() - 1, 0))
 
@@ -275,18 +283,16 @@ class WorkerProcess:
 
     def __init__(self, task: str, path: str, table: str, batch: int) -> None:
         """Start a worker for ``task`` (``ranges`` or ``catch-up``) on the SQLite file ``path``."""
-        # The worker imports this package from where this process found it.
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         command = [sys.executable, "-m", "ledger.integrity.worker", task, path, table, str(batch)]
+        # A file, not a pipe, so that a worker writing much to stderr can never block.
+        self._errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by close()
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._errors,
             text=True,
-            env=env,
+            env=_worker_environment(),
         )
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -300,8 +306,9 @@ class WorkerProcess:
             return answer
         except (OSError, ValueError) as error:
             process.kill()
-            _, errors = process.communicate()
-            last = errors.strip().splitlines()[-1:] or [repr(error)]
+            process.wait()
+            self._errors.seek(0)
+            last = self._errors.read().strip().splitlines()[-1:] or [repr(error)]
             raise WorkerFailedError(f"a worker process failed ({last[0]})") from None
 
     def close(self) -> None:
@@ -316,8 +323,20 @@ class WorkerProcess:
             process.kill()
             process.wait()
         process.stdout.close()
-        if process.stderr is not None:
-            process.stderr.close()
+        self._errors.close()
+
+
+def _worker_environment() -> dict[str, str]:
+    """This environment, with this package's folder on the path unless it is a site folder."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    # Run from a checkout, the worker must find the package where this process did; a
+    # site folder is on every interpreter's path already, and put first it would
+    # shadow the standard library.
+    sites = [*site.getsitepackages(), site.getusersitepackages()]
+    if root not in {str(Path(folder).resolve()) for folder in sites}:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
 
 
 def _process(path: str, table: str, batch: int) -> CheckerFactory:
