@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -81,7 +82,11 @@ class AutoCheckpointer:
         self._take = take
         self.covered = last_position()
         self.taken = 0
+        #: CPU seconds spent taking checkpoints (hashing events into the log, recording
+        #: them): what they took from other threads of this process, waits excluded.
+        self.cpu_seconds = 0.0
         self._stopping = threading.Event()
+        self._taking = threading.Lock()
         self._thread = threading.Thread(
             target=self._run, name="dspy-ledger-checkpoints", daemon=True
         )
@@ -97,15 +102,23 @@ class AutoCheckpointer:
 
     def tick(self) -> bool:
         """Take a checkpoint if enough events were stored; True if one was taken."""
-        try:
-            if self._last_position() - self.covered < self.policy.every:
+        with self._taking:
+            try:
+                if self._last_position() - self.covered < self.policy.every:
+                    return False
+                started = time.thread_time()
+                self.covered = self._take()
+            except Exception as error:  # never disturb recording; retry at the next look
+                logger.warning("dspy-ledger: automatic checkpoint failed: %s", error)
                 return False
-            self.covered = self._take()
-        except Exception as error:  # never disturb recording; retry at the next look
-            logger.warning("dspy-ledger: automatic checkpoint failed: %s", error)
-            return False
-        self.taken += 1
-        return True
+            self.cpu_seconds += time.thread_time() - started
+            self.taken += 1
+            return True
+
+    def wait(self) -> None:
+        """Wait for a checkpoint in progress, if any, to finish."""
+        with self._taking:
+            pass
 
     def stop(self) -> None:
         """Stop looking and wait for a checkpoint in progress to finish."""

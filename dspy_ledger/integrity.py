@@ -28,6 +28,7 @@ from ledger.integrity.checkpoint import (
     now_utc,
 )
 from ledger.integrity.log import MerkleLog
+from ledger.integrity.parallel import BackgroundCatchUp
 from ledger.integrity.verify import VerifyReport, verify_log
 from ledger.storage import StoreURL
 
@@ -66,6 +67,7 @@ class IntegrityMixin:
     actor: str
     _merkle_log: MerkleLog | None = None
     _auto_checkpoints: AutoCheckpointer | None = None
+    _background_catch_up: BackgroundCatchUp | None = None
 
     @property
     def merkle_log(self) -> MerkleLog:
@@ -80,10 +82,13 @@ class IntegrityMixin:
         if not policy.enabled or self._auto_checkpoints is not None:
             return
 
-        def take() -> int:
-            info = self.checkpoint(policy.key_path)
-            return info.recorded_at or info.last_position
+        catch_up = BackgroundCatchUp(self.app, self.merkle_log)
 
+        def take() -> int:
+            checkpoint, recorded_at = self._record_checkpoint(policy.key_path, catch_up=catch_up)
+            return recorded_at or checkpoint.last_position
+
+        self._background_catch_up = catch_up
         self._auto_checkpoints = AutoCheckpointer(policy, self.app.last_position, take).start()
 
     def stop_auto_checkpoints(self) -> None:
@@ -91,6 +96,9 @@ class IntegrityMixin:
         if self._auto_checkpoints is not None:
             self._auto_checkpoints.stop()
             self._auto_checkpoints = None
+        if self._background_catch_up is not None:
+            self._background_catch_up.close()
+            self._background_catch_up = None
 
     def verify(
         self,
@@ -116,9 +124,21 @@ class IntegrityMixin:
 
     def checkpoint(self, sign_key: Path | str | Ed25519PrivateKey | None = None) -> CheckpointInfo:
         """Hash new events, then record (and return) a checkpoint, signed if a key is given."""
+        return _info(*self._record_checkpoint(sign_key))
+
+    def _record_checkpoint(
+        self,
+        sign_key: Path | str | Ed25519PrivateKey | None,
+        *,
+        catch_up: Callable[[], int] | None = None,
+    ) -> tuple[Checkpoint, int | None]:
+        """Hash new events, record a checkpoint; return it and the position recorded at.
+
+        ``catch_up`` hashes the new events (default: the log's own, in this thread).
+        """
         key = load_private_key(Path(sign_key)) if isinstance(sign_key, (str, Path)) else sign_key
         log = self.merkle_log
-        log.catch_up()
+        (catch_up or log.catch_up)()
         state = log.state()
         checkpoint = Checkpoint(
             state.frontier.size, state.frontier.root(), state.last_position, now_utc()
@@ -128,7 +148,7 @@ class IntegrityMixin:
         recorded_at = self.app.save_aggregates(
             MerkleCheckpoint.from_checkpoint(checkpoint, actor=self.actor)
         )
-        return _info(checkpoint, recorded_at)
+        return checkpoint, recorded_at
 
     def prove(self, position: int) -> InclusionProof:
         """Return the inclusion proof of the event at ``position`` in today's log."""
@@ -160,15 +180,7 @@ class IntegrityMixin:
         sign_key: Path | str | Ed25519PrivateKey | None = None,
     ) -> tuple[int, CheckpointInfo]:
         """Write an audit bundle of the selected events; return the count and checkpoint."""
-        info = self.checkpoint(sign_key)
-        checkpoint = Checkpoint.from_recorded(
-            info.tree_size,
-            info.root_hash,
-            info.last_position,
-            info.time,
-            key_id=info.key_id,
-            signature=info.signature,
-        )
+        checkpoint, recorded_at = self._record_checkpoint(sign_key)
         selection: dict[str, Any] = {
             "stream": str(stream) if stream else None,
             "actor": actor,
@@ -177,7 +189,7 @@ class IntegrityMixin:
         }
         chosen = self._select(stream, actor, since, until, checkpoint.last_position)
         count = write_bundle(path, self.merkle_log, checkpoint, chosen, selection)
-        return count, info
+        return count, _info(checkpoint, recorded_at)
 
     def _select(
         self,

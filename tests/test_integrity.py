@@ -19,6 +19,13 @@ from ledger.integrity.checkpoint import parse_checkpoint
 EVENTS = 40
 
 
+@pytest.fixture(autouse=True)
+def parallel_verify(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verify in ranges of 4 leaves over 2 workers: the parallel path, with 10 ranges."""
+    monkeypatch.setenv("DSPY_LEDGER_VERIFY_RANGE", "4")
+    monkeypatch.setenv("DSPY_LEDGER_VERIFY_WORKERS", "2")
+
+
 def _fill(ledger: Ledger, count: int, start: int = 0) -> None:
     datasets = [
         Dataset.register(digest=f"d{i}", example_digests=[], examples=[{"i": i}], actor="test")

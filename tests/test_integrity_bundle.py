@@ -18,6 +18,13 @@ from ledger.domain import Dataset
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def parallel_verify(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verify in ranges of 4 leaves over 2 workers, so that several workers run."""
+    monkeypatch.setenv("DSPY_LEDGER_VERIFY_RANGE", "4")
+    monkeypatch.setenv("DSPY_LEDGER_VERIFY_WORKERS", "2")
+
+
 def _make_ledger(url: str, offset: int = 0) -> None:
     with Ledger(url, actor="auditor") as ledger:
         ledger.app.save_aggregates(

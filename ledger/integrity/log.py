@@ -24,6 +24,7 @@ writes), which is why leaves record the position they were read from.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -35,13 +36,16 @@ from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.sql import SQL, Identifier
 
 from ledger.application import LedgerApplication
+from ledger.integrity.hashing import EventRow, LeafHasher, extend_frontier
 from ledger.integrity.merkle import Frontier, SubtreeHasher
-from ledger.integrity.scan import LeafHasher, extend_frontier, read_event_rows
+from ledger.integrity.scan import read_event_rows
 
 #: Name of the log in the tracking table.
 TRACKING_NAME: Final = "DspyLedgerMerkleLog"
 #: Events hashed per transaction while catching up.
 DEFAULT_BATCH_SIZE: Final = 5000
+#: Events hashed between hand-overs of the GIL when catching up in the background.
+_BACKGROUND_SLICE: Final = 200
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,8 @@ class MerkleRecorder(Protocol):
     def load_state(self) -> LogState:
         """Return the stored frontier (the empty one if nothing was hashed yet)."""
 
-    def append(self, leaves: Sequence[LeafRow], state: LogState, tracking: Tracking) -> None:
-        """Write leaves, the new frontier and tracking in one transaction."""
+    def append(self, leaves: Sequence[LeafTuple], state: LogState, tracking: Tracking) -> None:
+        """Write leaves (index, position, hash), the new frontier and tracking at once."""
 
     def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
         """Return up to ``limit`` leaves from ``start_index``, in index order."""
@@ -85,6 +89,12 @@ class MerkleRecorder(Protocol):
 
     def leaf_at(self, position: int) -> LeafRow | None:
         """Return the leaf recorded for a position, if any."""
+
+    def leaf_count(self) -> int:
+        """One more than the highest leaf index stored (0 for none)."""
+
+    def positions_of(self, indexes: list[int]) -> dict[int, int]:
+        """The positions recorded for the given leaf indexes (absent ones left out)."""
 
     def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
         """Return a leaf with this hash, if any (used to recognise moved rows)."""
@@ -126,12 +136,12 @@ class SQLiteMerkleRecorder(SQLiteTrackingRecorder):
             return LogState(Frontier(), 0)
         return _state_from(row[0], row[1], row[2])
 
-    def append(self, leaves: Sequence[LeafRow], state: LogState, tracking: Tracking) -> None:
-        """Write leaves, frontier and tracking in one transaction."""
+    def append(self, leaves: Sequence[LeafTuple], state: LogState, tracking: Tracking) -> None:
+        """Write leaves (index, position, hash), frontier and tracking in one transaction."""
         with self.datastore.transaction(commit=True) as c:
             c.executemany(
                 "INSERT INTO merkle_leaves (leaf_index, position, hash) VALUES (?, ?, ?)",
-                [(leaf.index, leaf.position, leaf.hash) for leaf in leaves],
+                leaves,
             )
             c.execute(
                 "INSERT INTO merkle_frontier (log, size, last_position, hashes) "
@@ -167,6 +177,21 @@ class SQLiteMerkleRecorder(SQLiteTrackingRecorder):
         """Return the leaf recorded for ``position``."""
         found = self._leaves("WHERE position = ?", (position,))
         return found[0] if found else None
+
+    def leaf_count(self) -> int:
+        """One more than the highest leaf index stored (0 for none)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT coalesce(max(leaf_index) + 1, 0) FROM merkle_leaves")
+            return int(c.fetchone()[0])
+
+    def positions_of(self, indexes: list[int]) -> dict[int, int]:
+        """The positions recorded for the given leaf indexes (absent ones left out)."""
+        found: dict[int, int] = {}
+        for chunk in _chunks(indexes):
+            marks = ", ".join("?" * len(chunk))
+            for index, position, _ in self._leaf_tuples(f"WHERE leaf_index IN ({marks})", chunk):
+                found[index] = position
+        return found
 
     def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
         """Return a leaf with this hash."""
@@ -210,14 +235,14 @@ class PostgresMerkleRecorder(PostgresTrackingRecorder):
             return LogState(Frontier(), 0)
         return _state_from(row["size"], row["last_position"], row["hashes"])
 
-    def append(self, leaves: Sequence[LeafRow], state: LogState, tracking: Tracking) -> None:
-        """Write leaves, frontier and tracking in one transaction."""
+    def append(self, leaves: Sequence[LeafTuple], state: LogState, tracking: Tracking) -> None:
+        """Write leaves (index, position, hash), frontier and tracking in one transaction."""
         with self.datastore.transaction(commit=True) as curs:
             curs.executemany(
                 SQL("INSERT INTO {0} (leaf_index, position, hash) VALUES (%s, %s, %s)").format(
                     self.leaves_table
                 ),
-                [(leaf.index, leaf.position, leaf.hash) for leaf in leaves],
+                leaves,
             )
             curs.execute(
                 SQL(
@@ -255,10 +280,34 @@ class PostgresMerkleRecorder(PostgresTrackingRecorder):
         found = self._leaves("WHERE position = %s", (position,))
         return found[0] if found else None
 
+    def leaf_count(self) -> int:
+        """One more than the highest leaf index stored (0 for none)."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL("SELECT coalesce(max(leaf_index) + 1, 0) AS n FROM {0}").format(
+                    self.leaves_table
+                )
+            )
+            row = curs.fetchone()
+        assert row is not None
+        return int(row["n"])
+
+    def positions_of(self, indexes: list[int]) -> dict[int, int]:
+        """The positions recorded for the given leaf indexes (absent ones left out)."""
+        found: dict[int, int] = {}
+        for chunk in _chunks(indexes):
+            for index, position, _ in self._leaf_tuples("WHERE leaf_index = ANY(%s)", (chunk,)):
+                found[index] = position
+        return found
+
     def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
         """Return a leaf with this hash."""
         found = self._leaves("WHERE hash = %s LIMIT 1", (hash_,))
         return found[0] if found else None
+
+
+def _chunks(values: list[int], size: int = 500) -> list[list[int]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
 
 
 def make_recorder(app: LedgerApplication) -> MerkleRecorder:
@@ -293,33 +342,23 @@ class MerkleLog:
         """The stored frontier: tree size, root and last position hashed."""
         return self.recorder.load_state()
 
-    def catch_up(self, progress: Progress | None = None) -> int:
-        """Hash the events stored after the log's last position; return how many."""
-        added = 0
-        while True:
-            state = self.recorder.load_state()
-            batch = read_event_rows(self.app, state.last_position + 1, self.batch_size)
-            if not batch:
-                return added
-            frontier = Frontier.from_list(state.frontier.to_list(), state.frontier.size)
-            digests = self.leaf_hasher.hash_rows(batch)
-            first = frontier.size
-            leaves = [
-                LeafRow(first + i, row[0], digest)
-                for i, (row, digest) in enumerate(zip(batch, digests, strict=True))
-            ]
-            extend_frontier(frontier, digests)
-            last = batch[-1][0]
-            try:
-                self.recorder.append(
-                    leaves, LogState(frontier, last), Tracking(TRACKING_NAME, last)
-                )
-            except StoreIntegrityError:
-                # Another process hashed this batch first; re-read its frontier.
-                continue
-            added += len(leaves)
-            if progress is not None:
-                progress(len(leaves))
+    def catch_up(self, progress: Progress | None = None, *, background: bool = False) -> int:
+        """Hash the events stored after the log's last position; return how many.
+
+        Only the new events are read: the tree grows from the stored frontier. With
+        ``background``, other threads get the interpreter every few hundred events:
+        a thread that hashes for milliseconds on end makes a recording thread wait
+        that long each time it comes back from the database (the GIL's switch
+        interval), which slows recording far more than the hashing costs.
+        """
+        return catch_up_log(
+            self.recorder,
+            lambda start, limit: read_event_rows(self.app, start, limit),
+            self.leaf_hasher,
+            batch_size=self.batch_size,
+            progress=progress,
+            background=background,
+        )
 
     def iter_leaves(self, start_index: int = 0) -> Iterator[LeafRow]:
         """Yield the stored leaves in index order, in batches."""
@@ -341,3 +380,46 @@ class MerkleLog:
     def hasher(self) -> SubtreeHasher:
         """A hasher over the stored leaves, for roots and proofs at any size."""
         return SubtreeHasher(self.fetch)
+
+
+def catch_up_log(
+    recorder: MerkleRecorder,
+    read_rows: Callable[[int, int], list[EventRow]],
+    hasher: LeafHasher,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None,
+    background: bool = False,
+) -> int:
+    """Hash the events after the log's last position into ``recorder``; return how many.
+
+    ``read_rows(start, limit)`` reads up to ``limit`` events from position ``start``.
+    See :meth:`MerkleLog.catch_up` (which this serves, as does a catch-up worker process).
+    """
+    added = 0
+    while True:
+        state = recorder.load_state()
+        batch = read_rows(state.last_position + 1, batch_size)
+        if not batch:
+            return added
+        frontier = Frontier.from_list(state.frontier.to_list(), state.frontier.size)
+        if background:
+            digests = []
+            for start in range(0, len(batch), _BACKGROUND_SLICE):
+                time.sleep(0)  # hand over the GIL to any thread waiting for it
+                digests += hasher.hash_rows(batch[start : start + _BACKGROUND_SLICE])
+        else:
+            digests = hasher.hash_rows(batch)
+        first = frontier.size
+        indexes = range(first, first + len(batch))
+        leaves = list(zip(indexes, [row[0] for row in batch], digests, strict=True))
+        extend_frontier(frontier, digests)
+        last = batch[-1][0]
+        try:
+            recorder.append(leaves, LogState(frontier, last), Tracking(TRACKING_NAME, last))
+        except StoreIntegrityError:
+            # Another process hashed this batch first; re-read its frontier.
+            continue
+        added += len(leaves)
+        if progress is not None:
+            progress(len(leaves))

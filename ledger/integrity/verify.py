@@ -19,6 +19,7 @@ are hashed into the log afterwards, and only when everything else verified.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,10 +30,9 @@ from pydantic import BaseModel
 from ledger.application import LedgerApplication
 from ledger.integrity.checkpoint import CHECKPOINT_TOPIC, Checkpoint, key_id
 from ledger.integrity.errors import SignatureInvalidError
-from ledger.integrity.leaf import event_leaf_hash
 from ledger.integrity.log import LeafRow, LogState, MerkleLog
 from ledger.integrity.merkle import Frontier, MerkleError, verify_consistency
-from ledger.integrity.scan import extend_frontier, read_event_rows
+from ledger.integrity.parallel import RangeScanner, ScanSettings
 
 ProblemKind = Literal[
     "modified", "missing", "inserted", "reordered", "checkpoint", "frontier", "signature"
@@ -122,24 +122,34 @@ def verify_log(
     progress: Callable[[int], None] | None = None,
     batched: bool = True,
     public_key: Ed25519PublicKey | None = None,
+    settings: ScanSettings | None = None,
 ) -> VerifyReport:
     """Recompute the whole log from the stored events; report the first problem found.
 
     With ``against``, also prove that today's log extends that checkpoint. With
     ``update`` (the default), hash events newer than the log once all else verified.
-    ``batched`` compares whole batches first (``False``: leaf by leaf throughout).
+    ``batched`` compares whole ranges first, side by side as ``settings`` says (default:
+    from the environment, see :mod:`ledger.integrity.parallel`); ``False``: leaf by
+    leaf throughout.
     With ``public_key``, every recorded checkpoint signed by that key must carry a
     valid signature (a rewritten log cannot be re-signed without the private key).
     """
     state = log.state()
-    checkpoints: dict[int, list[_RecordedCheckpoint]] = {}
-    recorded_list = recorded_checkpoints(app)
-    for recorded in recorded_list:
-        checkpoints.setdefault(recorded.tree_size, []).append(recorded)
-    signed = _check_signatures(recorded_list, public_key)
-    if isinstance(signed, Problem):
-        return _report(state, against, _Scan(Frontier(), 0, 0, 0), signed)
-    fast = _fast_scan(app, log, state.last_position, checkpoints, progress) if batched else None
+    with ExitStack() as workers:
+        # Workers start first, so that they get ready while the checkpoints are read.
+        scanner = workers.enter_context(RangeScanner(app, log, settings)) if batched else None
+        checkpoints: dict[int, list[_RecordedCheckpoint]] = {}
+        recorded_list = recorded_checkpoints(app)
+        for recorded in recorded_list:
+            checkpoints.setdefault(recorded.tree_size, []).append(recorded)
+        signed = _check_signatures(recorded_list, public_key)
+        if isinstance(signed, Problem):
+            return _report(state, against, _Scan(Frontier(), 0, 0, 0), signed)
+        fast = (
+            None
+            if scanner is None
+            else _fast_scan(scanner, state.last_position, checkpoints, progress)
+        )
     if fast is not None:
         return _finish(log, state, against, update, fast).model_copy(
             update={"signatures_checked": signed}
@@ -187,7 +197,8 @@ def verify_log(
                 None,
                 f"An event was inserted at position {row.id}, which has no leaf in the Merkle log.",
             )
-        digest = event_leaf_hash(row.topic, row.originator_id, row.originator_version, row.state)
+        row_tuple = (row.id, row.topic, row.originator_id, row.originator_version, row.state)
+        digest = log.leaf_hasher.hash_rows([row_tuple])[0]
         if digest != leaf.hash:
             moved = log.recorder.leaf_with_hash(digest)
             if moved is not None and moved.position != row.id:
@@ -292,50 +303,25 @@ def _report(
 
 
 def _fast_scan(
-    app: LedgerApplication,
-    log: MerkleLog,
+    scanner: RangeScanner,
     last_position: int,
     checkpoints: dict[int, list[_RecordedCheckpoint]],
     progress: Callable[[int], None] | None,
 ) -> _Scan | None:
-    """Compare events and leaves a batch at a time; ``None`` at the first disagreement.
+    """Check the log range by range, side by side; ``None`` at the first disagreement.
 
     Nothing is reported from here: on any disagreement the leaf-by-leaf pass runs and
     names the first bad position exactly.
     """
-    scan = _Scan(Frontier(), 0, 0, 0)
-    sizes = sorted(checkpoints)
-    position, index, size = 1, 0, log.batch_size
-    while True:
-        events = read_event_rows(app, position, size)
-        leaves = log.recorder.select_leaf_tuples(index, size)
-        n = min(len(events), len(leaves))
-        if len(leaves) > len(events):
-            return None  # a leaf without its event: missing
-        head = events[:n]
-        if [e[0] for e in head] != [leaf[1] for leaf in leaves]:
+    scanned = scanner.scan(last_position, list(checkpoints), progress)
+    if scanned is None:
+        return None
+    checked = 0
+    for size, root in scanned.roots_at.items():
+        if any(recorded.root_hash != root.hex() for recorded in checkpoints[size]):
             return None
-        digests = log.leaf_hasher.hash_rows(head)
-        if digests != [leaf[2] for leaf in leaves]:
-            return None
-        start = scan.frontier.size
-        for cut in (s for s in sizes if start < s <= start + n):
-            extend_frontier(scan.frontier, digests[scan.frontier.size - start : cut - start])
-            root = scan.frontier.root().hex()
-            if any(recorded.root_hash != root for recorded in checkpoints[cut]):
-                return None
-            scan.checkpoints_checked += len(checkpoints[cut])
-        extend_frontier(scan.frontier, digests[scan.frontier.size - start :])
-        scan.checked += n
-        tail = events[n:]
-        if any(e[0] <= last_position for e in tail):
-            return None  # an event the log passed over: inserted
-        scan.untracked += len(tail)
-        if progress is not None and events:
-            progress(len(events))
-        if len(events) < size:
-            return scan
-        position, index = events[-1][0] + 1, index + n
+        checked += len(checkpoints[size])
+    return _Scan(scanned.frontier, scanned.checked, scanned.untracked, checked)
 
 
 def _finish(
