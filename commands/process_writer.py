@@ -120,7 +120,7 @@ class ProcessWriter:
         assert self._process.stdout is not None
         self._input: IO[bytes] = self._process.stdin
         _widen_pipe(self._input)
-        self._input.write(encode(CONFIG, config))
+        self._write(encode(CONFIG, config))
         self._receiver = threading.Thread(
             target=self._receive,
             args=(self._process.stdout,),
@@ -184,7 +184,7 @@ class ProcessWriter:
             with self._cond:
                 self._unacknowledged.append(body)
             try:
-                self._input.write(frame(DRAFTS, body))
+                self._write(frame(DRAFTS, body))
             except OSError:
                 self._take_over()  # the writer process is gone; the draft is not lost
 
@@ -252,6 +252,13 @@ class ProcessWriter:
             return self._taken_over_at + self._fallback.stats.committed
         return self._status.committed
 
+    def _write(self, data: bytes) -> None:
+        """Write all of ``data`` to the pipe (a signal can cut a large write short)."""
+        view = memoryview(data)
+        while view:
+            written = self._input.write(view)
+            view = view[written or 0 :]
+
     def _wake_waiters(self, _stats: WriterStats | None = None) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -261,7 +268,7 @@ class ProcessWriter:
         with self._pipe_lock:
             if self._fallback is None and not self._input.closed:
                 try:
-                    self._input.write(_FLUSH_FRAME)
+                    self._write(_FLUSH_FRAME)
                 except OSError:
                     self._take_over()
 
