@@ -23,11 +23,9 @@ import contextlib
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import IO, Any
 from uuid import UUID
 
@@ -53,18 +51,10 @@ from commands.writer_protocol import (
     read_frame,
 )
 from ledger.errors import RecordingError
+from ledger.subprocess_command import module_command
 
 logger = logging.getLogger("dspy_ledger")
 
-#: The directory holding this package. The writer's path leaves out the working
-#: directory (where a ``commands`` package of the program's own may live) and ends with
-#: this one, so that it never shadows the standard library either.
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-_BOOTSTRAP = (
-    "import sys; root = {root!r}; "
-    "sys.path[:] = [p for p in sys.path if p not in ('', '.', root)] + [root]; "
-    "from commands.writer_process import main; sys.exit(main())"
-)
 _FLUSH_FRAME = encode(FLUSH, None)
 #: The pipe's size where it can be set: what the writer process may fall behind by.
 _PIPE_BYTES = 1 << 21
@@ -105,11 +95,7 @@ class ProcessWriter:
         self._closed = False
         self._ready = threading.Event()  # the writer process has opened the store
         self._process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _BOOTSTRAP.format(root=_PACKAGE_ROOT),
-            ],
+            module_command("commands.writer_process"),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,

@@ -80,8 +80,11 @@ class _Status:
             self._listening = False
 
 
-def main() -> int:
-    """Run the writer until its input ends; the exit status says whether all was written."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the writer until its input ends; the exit status says whether all was written.
+
+    It takes no arguments: its configuration arrives as the first frame.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The protocol owns the real standard output; anything printed goes to stderr.
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")

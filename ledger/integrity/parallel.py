@@ -29,15 +29,12 @@ import json
 import logging
 import os
 import queue
-import site
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, Literal
 
 from eventsourcing.postgres import PostgresDatastore
@@ -62,6 +59,7 @@ from ledger.integrity.ranges import (
     combine_ranges,
     plan_ranges,
 )
+from ledger.subprocess_command import module_command
 
 logger = logging.getLogger("dspy_ledger")
 
@@ -283,7 +281,7 @@ class WorkerProcess:
 
     def __init__(self, task: str, path: str, table: str, batch: int) -> None:
         """Start a worker for ``task`` (``ranges`` or ``catch-up``) on the SQLite file ``path``."""
-        command = [sys.executable, "-m", "ledger.integrity.worker", task, path, table, str(batch)]
+        command = module_command("ledger.integrity.worker", task, path, table, str(batch))
         # A file, not a pipe, so that a worker writing much to stderr can never block.
         self._errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by close()
         self._process = subprocess.Popen(
@@ -292,7 +290,6 @@ class WorkerProcess:
             stdout=subprocess.PIPE,
             stderr=self._errors,
             text=True,
-            env=_worker_environment(),
         )
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -324,19 +321,6 @@ class WorkerProcess:
             process.wait()
         process.stdout.close()
         self._errors.close()
-
-
-def _worker_environment() -> dict[str, str]:
-    """This environment, with this package's folder on the path unless it is a site folder."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    # Run from a checkout, the worker must find the package where this process did; a
-    # site folder is on every interpreter's path already, and put first it would
-    # shadow the standard library.
-    sites = [*site.getsitepackages(), site.getusersitepackages()]
-    if root not in {str(Path(folder).resolve()) for folder in sites}:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
 
 
 def _process(path: str, table: str, batch: int) -> CheckerFactory:
