@@ -9,10 +9,12 @@ on another core, beside the program rather than inside it.
 
 One thread does everything: it reads whatever the pipe holds, and commits a batch when
 :data:`MAX_BATCH` drafts are waiting, when the first of them has waited
-:data:`LINGER_SECONDS`, or at once when the recording process waits in ``flush()``.
-(A reading thread beside a committing one would hand the interpreter lock back and forth
-on every read.) While the store refuses a batch it retries with backoff and reads
-nothing more, so the pipe fills and the recording process waits: backpressure.
+:data:`LINGER_SECONDS`, or when the recording process waits in ``flush()`` (seen within
+that linger). (A reading thread beside a committing one would hand the interpreter lock
+back and forth on every read.) While a batch lingers it sleeps instead of waiting on the
+pipe, so the drafts that follow do not each wake it up. While the store refuses a batch
+it retries with backoff and reads nothing more, so the pipe fills and the recording
+process waits: backpressure.
 
 When its input ends (the ledger closed, or the recording process died) it commits
 everything it has received and exits; if the store stays away, it gives up
@@ -152,12 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:
             if not ended:
-                if not pending:
-                    wait: float | None = None
-                elif flush_asked or len(pending) >= MAX_BATCH:
+                wait: float | None = None  # idle: block until something arrives
+                if pending:
                     wait = 0.0
-                else:
-                    wait = max(0.0, deadline - time.monotonic())
+                    lingering = deadline - time.monotonic()
+                    if lingering > 0 and not flush_asked and len(pending) < MAX_BATCH:
+                        # Sleep rather than wait on the pipe: a writer waiting on it is
+                        # woken by every draft, and each wake-up (another core's
+                        # interrupt) is paid inside the program's write.
+                        time.sleep(lingering)
                 if select.select([fd], [], [], wait)[0]:
                     chunk = os.read(fd, _READ_BYTES)
                     if chunk:
