@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,11 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
     assert "async/sqlite (hot path)" in names
     assert "ledger capacity: async/sqlite, 1 thread(s)" in names
     for item in rows:
-        assert item["value"] > 0, item
+        if " minus " in item["name"]:
+            # A difference of two medians of a few noisy rounds: it may come out below 0.
+            assert math.isfinite(item["value"]), item
+        else:
+            assert item["value"] > 0, item
         if item["baseline"] is not None:
             assert abs(item["ratio"] - item["value"] / item["baseline"]) < 1e-9
     # Every recorded prediction stores something, and less than a megabyte.
