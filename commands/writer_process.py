@@ -31,7 +31,7 @@ import select
 import signal
 import sys
 import time
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from uuid import UUID
 
 from commands.writer_protocol import (
@@ -46,6 +46,9 @@ from commands.writer_protocol import (
     loads,
     split_frames,
 )
+
+if TYPE_CHECKING:  # imported at run time only once the configuration has arrived
+    from commands.writer import WriterStats
 
 #: Most drafts committed in one transaction.
 MAX_BATCH = 500
@@ -65,15 +68,12 @@ class _Status:
         self._out = out
         self._listening = True
 
-    def report(self, stats: object) -> None:
+    def report(self, stats: WriterStats) -> None:
+        """Send the counters (drafts committed so far, in order, and what went wrong)."""
         if not self._listening:
             return
         status = WriterStatus(
-            stats.committed,  # type: ignore[attr-defined]
-            stats.unbuildable,  # type: ignore[attr-defined]
-            stats.batches,  # type: ignore[attr-defined]
-            stats.retries,  # type: ignore[attr-defined]
-            stats.last_error,  # type: ignore[attr-defined]
+            stats.committed, stats.unbuildable, stats.batches, stats.retries, stats.last_error
         )
         try:
             self._out.write(encode(STATUS, status))
