@@ -227,20 +227,21 @@ def _call(data: tuple[Any, ...]) -> ModelCallDraft:
     return call
 
 
-def encode_draft(draft: object, sent_versions: set[uuid.UUID] | None = None) -> bytes:
+def encode_draft(draft: object, sent: dict[uuid.UUID, VersionDraft] | None = None) -> bytes:
     """The draft as bytes that unpickle with no more than this package.
 
-    A program version's state is sent once per receiver: ``sent_versions`` holds the
-    ids already sent, and later drafts name the version by id only.
+    A program version's state is sent once per receiver: ``sent`` holds the versions
+    already sent (by id; :func:`decode_draft` reads later drafts back with it), and later
+    drafts name the version by id only.
     """
     if not isinstance(draft, PredictionDraft):
         return _pickle(draft)
     version = draft.version
-    if version is not None and sent_versions is not None:
-        if version.version_id in sent_versions:
+    if version is not None and sent is not None:
+        if version.version_id in sent:
             version = version.version_id  # type: ignore[assignment]
         else:
-            sent_versions.add(version.version_id)
+            sent[version.version_id] = version
     if isinstance(version, uuid.UUID):
         version = version.bytes
     p = draft.provenance

@@ -85,9 +85,9 @@ class ProcessWriter:
         self._unacknowledged: deque[bytes] = deque()
         self._fallback: AsyncWriter | None = None
         self._taken_over_at = 0  # drafts committed (or found committed) before a takeover
-        # Program versions whose state went down the pipe: later drafts name them by id.
-        self._sent_versions: set[UUID] = set()
-        self._versions: dict[UUID, VersionDraft] = {}  # to read back what was sent
+        # Program versions whose state went down the pipe: later drafts name them by id,
+        # and this process reads them back with it if it takes over.
+        self._versions: dict[UUID, VersionDraft] = {}
         # Held while writing to the pipe: the pipe's order is the order drafts are
         # committed and acknowledged in, and a version's state precedes its mentions.
         self._pipe_lock = threading.Lock()
@@ -163,10 +163,7 @@ class ProcessWriter:
             if self._fallback is not None:
                 self._fallback.submit(draft)
                 return
-            version = getattr(draft, "version", None)
-            if isinstance(version, VersionDraft) and version.version_id not in self._versions:
-                self._versions[version.version_id] = version
-            body = encode_draft(draft, self._sent_versions)
+            body = encode_draft(draft, self._versions)
             with self._cond:
                 self._unacknowledged.append(body)
             try:

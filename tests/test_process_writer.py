@@ -91,7 +91,7 @@ def _round_trip(value: Any) -> Any:
         root=CallNode("c", "module", "P", 0.0),
         outputs=value,
     )
-    received = decode_draft(encode_draft(draft, set()), {})
+    received = decode_draft(encode_draft(draft, {}), {})
     assert isinstance(received, PredictionDraft)
     assert received.provenance.started_at == draft.provenance.started_at
     assert received.prediction_id == draft.prediction_id
