@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.common import (
     WRITERS,
@@ -39,8 +39,23 @@ from bench.common import (
 SECTION = "1. Recording overhead per prediction"
 TARGETS = {"async/sqlite": "<= 1.15x bare", "sync/sqlite": "<= 1.50x bare"}
 
-#: A variant: ``enable()`` returns (disable, wait_until_written).
-Variant = Callable[[], tuple[Callable[[], None], Callable[[], None]]]
+
+def _no_cpu() -> float:
+    """No CPU spent outside this process."""
+    return 0.0
+
+
+class Enabled(NamedTuple):
+    """A variant switched on: how to switch it off, wait until written, and how much CPU
+    it has spent outside this process so far (the writer process's)."""
+
+    disable: Callable[[], None]
+    wait: Callable[[], None]
+    elsewhere_cpu: Callable[[], float] = _no_cpu
+
+
+#: A variant: ``enable()`` switches it on.
+Variant = Callable[[], Enabled]
 
 
 def _nothing() -> None:
@@ -59,10 +74,6 @@ def writer_process_cpu(ledger: Any) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-#: CPU seconds spent outside this process by the variant being measured.
-_elsewhere: list[Callable[[], float]] = []
-
-
 def _ledger_variant(stack: ExitStack, backend: str, mode: str) -> Variant:
     import dspy_ledger
 
@@ -71,10 +82,9 @@ def _ledger_variant(stack: ExitStack, backend: str, mode: str) -> Variant:
         durability = "sync" if mode == "sync" else "async"
         ledger = stack.enter_context(dspy_ledger.open(url, durability=durability))  # type: ignore[arg-type]
 
-    def enable() -> tuple[Callable[[], None], Callable[[], None]]:
+    def enable() -> Enabled:
         ledger.instrument()
-        _elsewhere[:] = [lambda: writer_process_cpu(ledger)]
-        return ledger.uninstrument, ledger.flush
+        return Enabled(ledger.uninstrument, ledger.flush, lambda: writer_process_cpu(ledger))
 
     return enable
 
@@ -86,9 +96,9 @@ def _recorder_alone_variant() -> Variant:
 
     recorder = LedgerRecorder(lambda draft: None, default_actor="bench")
 
-    def enable() -> tuple[Callable[[], None], Callable[[], None]]:
+    def enable() -> Enabled:
         hooks.attach(recorder)
-        return lambda: hooks.detach(recorder), _nothing
+        return Enabled(lambda: hooks.detach(recorder), _nothing)
 
     return enable
 
@@ -97,9 +107,9 @@ def _noop_callback_variant() -> Variant:
     import dspy
     from dspy.utils.callback import BaseCallback
 
-    def enable() -> tuple[Callable[[], None], Callable[[], None]]:
+    def enable() -> Enabled:
         dspy.settings.configure(callbacks=[BaseCallback()])
-        return lambda: dspy.settings.configure(callbacks=[]), _nothing
+        return Enabled(lambda: dspy.settings.configure(callbacks=[]), _nothing)
 
     return enable
 
@@ -119,14 +129,14 @@ def _openinference_variant() -> Variant | None:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     instrumentor = DSPyInstrumentor()
 
-    def enable() -> tuple[Callable[[], None], Callable[[], None]]:
+    def enable() -> Enabled:
         instrumentor.instrument(tracer_provider=provider)
 
         def disable() -> None:
             instrumentor.uninstrument()
             exporter.clear()
 
-        return disable, _nothing
+        return Enabled(disable, _nothing)
 
     return enable
 
@@ -149,9 +159,9 @@ def _mlflow_variant(stack: ExitStack) -> Variant | None:
         if callable(flush):
             flush()
 
-    def enable() -> tuple[Callable[[], None], Callable[[], None]]:
+    def enable() -> Enabled:
         mlflow.dspy.autolog()
-        return lambda: mlflow.dspy.autolog(disable=True), wait
+        return Enabled(lambda: mlflow.dspy.autolog(disable=True), wait)
 
     return enable
 
@@ -191,10 +201,9 @@ def _measure(program: Any, variant: Variant | None, count: int, offset: int) -> 
     written, the CPU time of the program's own thread in the loop, and the CPU time
     (every thread, and the writer process) until everything is written."""
     gc.collect()  # every variant starts from a clean heap, not the previous one's garbage
-    _elsewhere.clear()
-    disable, wait = variant() if variant is not None else (_nothing, _nothing)
+    disable, wait, elsewhere_cpu = variant() if variant is not None else Enabled(_nothing, _nothing)
     try:
-        cpu = time.process_time() + sum(elsewhere() for elsewhere in _elsewhere)
+        cpu = time.process_time() + elsewhere_cpu()
         thread_cpu = time.thread_time()
         started = time.perf_counter()
         predict_many(program, count, offset)
@@ -203,7 +212,7 @@ def _measure(program: Any, variant: Variant | None, count: int, offset: int) -> 
         wait()
         written = time.perf_counter() - started
         time.sleep(0.05)  # the writer process's counters settle after its last commit
-        cpu = time.process_time() + sum(elsewhere() for elsewhere in _elsewhere) - cpu
+        cpu = time.process_time() + elsewhere_cpu() - cpu
     finally:
         disable()
     per = 1e6 / count
