@@ -125,13 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     status.report(stats)  # ready: the store is open
     versions: dict[UUID, VersionDraft] = {}  # program versions sent once, named after
     parent = os.getppid()
-    gone_since: list[float] = []
+    gone_since: float | None = None  # when the recording process was first seen gone
 
     def give_up() -> bool:
+        nonlocal gone_since
         if os.getppid() == parent:
             return False  # the recording process still waits for these
-        gone_since[:1] = gone_since[:1] or [time.monotonic()]
-        return time.monotonic() - gone_since[0] > FINAL_FLUSH_SECONDS
+        if gone_since is None:
+            gone_since = time.monotonic()
+        return time.monotonic() - gone_since > FINAL_FLUSH_SECONDS
 
     pending: list[object] = []
     deadline = 0.0
@@ -146,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     pending.append(decode_draft(body, versions))
                 except Exception as error:
-                    pending.append(UnreadableDraft(f"{type(error).__name__}: {error}"))
+                    reason = f"{type(error).__name__}: {error}"
+                    logger.error(
+                        "a recorded call could not be read, so it is not recorded: %s", reason
+                    )
+                    pending.append(UnreadableDraft(reason))
             elif kind == FLUSH:
                 flush_asked = True
 

@@ -73,8 +73,8 @@ def loads(body: bytes) -> Any:
 
 @dataclass(frozen=True)
 class UnreadableDraft:
-    """Stands in for a draft the writer could not unpickle, so that it is counted (as
-    not recorded, with the reason logged) and the acknowledgements stay in step."""
+    """Stands in for a draft the writer could not unpickle (the writer logs why), so that
+    it is counted as not recorded and the acknowledgements stay in step."""
 
     reason: str
 
