@@ -26,6 +26,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import IO, Any
 from uuid import UUID
 
@@ -310,9 +311,28 @@ class ProcessWriter:
 
 
 def _widen_pipe(pipe: IO[bytes]) -> None:
-    """Let the pipe hold about a thousand drafts (Linux; elsewhere its default size)."""
+    """Let the pipe hold about a thousand drafts (Linux; elsewhere its default size).
+
+    An unprivileged process may not go beyond ``/proc/sys/fs/pipe-max-size`` (1 MB by
+    default), so that limit is the fallback: a default 64 KB pipe holds only about 40
+    drafts, and the writer process would commit them in batches that small.
+    """
     setting = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
     if setting is None:
         return
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(pipe.fileno(), setting, _PIPE_BYTES)
+    for size in (_PIPE_BYTES, _pipe_max_size()):
+        if size is None or size <= 0:
+            continue
+        try:
+            fcntl.fcntl(pipe.fileno(), setting, min(size, _PIPE_BYTES))
+        except OSError:
+            continue
+        return
+
+
+def _pipe_max_size() -> int | None:
+    """The largest pipe an unprivileged process may ask for, if the system says."""
+    try:
+        return int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        return None

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import fcntl
 import math
 import os
 import signal
 import time
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import dspy
@@ -145,6 +146,18 @@ def test_async_ledgers_write_through_a_writer_process_and_close_it(ledger_url: s
     assert writer.stats.committed == 50
     ledger.close()
     assert writer._process.poll() == 0  # the writer process exited cleanly
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_the_pipe_to_the_writer_holds_hundreds_of_drafts(sqlite_url: str) -> None:
+    # A default 64 KB pipe holds about 40 drafts, so the writer committed batches that
+    # small; where 2 MB is refused (no CAP_SYS_RESOURCE), the system's limit is taken.
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    with dspy_ledger.open(sqlite_url, durability="async") as ledger:
+        writer = ledger._writer
+        assert isinstance(writer, ProcessWriter)
+        size = fcntl.fcntl(writer._input.fileno(), fcntl.F_GETPIPE_SZ)
+    assert size >= min(limit, 1 << 21) > 1 << 16
 
 
 def _payloads(ledger: dspy_ledger.Ledger) -> list[tuple[str, Any]]:
