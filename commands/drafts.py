@@ -32,9 +32,13 @@ class EvaluationOutcome:
     results: list[tuple[str, Any, Any]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class VersionDraft:
-    """A program state seen by the recorder (registered if new)."""
+    """A program state seen by the recorder (registered if new).
+
+    Frozen: one draft is shared by every prediction of an unchanged program
+    (:func:`commands.program_state.version_of`), so none may change it.
+    """
 
     version_id: uuid.UUID
     program_name: str

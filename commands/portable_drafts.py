@@ -13,7 +13,6 @@ program mutates them afterwards.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime as dt
 import io
@@ -274,7 +273,7 @@ def decode_draft(body: bytes, versions: dict[uuid.UUID, VersionDraft]) -> object
     if isinstance(version, VersionDraft):
         versions[version.version_id] = version
     elif version is not None:
-        version = copy.copy(versions[uuid.UUID(bytes=version)])
+        version = versions[uuid.UUID(bytes=version)]
     actor, started_at, trace_id, span_id, subject = who
     return PredictionDraft(
         prediction_id=uuid.UUID(bytes=prediction_id),

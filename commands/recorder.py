@@ -15,6 +15,7 @@ and swallowed (DSPy also guards callbacks). Only a failed *write* under
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -438,8 +439,11 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             if outputs is not None and exception is None:
                 result = version_of(outputs)
                 if result is not None:
-                    result.parent_version_id = draft.student.version_id if draft.student else None
-                    result.produced_by = draft.run_id
+                    result = dataclasses.replace(
+                        result,
+                        parent_version_id=draft.student.version_id if draft.student else None,
+                        produced_by=draft.run_id,
+                    )
                 draft.result = result
                 score = getattr(outputs, "score", None)
                 if isinstance(score, (int, float)) and not isinstance(score, bool):

@@ -9,15 +9,22 @@ changed.
 "Nothing has changed" is checked by identity, cheaply and without walking histories:
 the cache keeps a *fingerprint*, the ids of the attributes of every object the state is
 built from (the program, its sub-modules, their predictors, the predictors' LMs and
-demos), one level deep: each attribute's value, and for a list, tuple or dict the items
-it holds. Any assignment (``predictor.demos = ...``, ``lm.kwargs["temperature"] = 0.9``,
-``demos.append(...)``, ``load_state``, ``with_instructions``) changes an id in it, so the
-next call hashes the state again. The cache holds references to everything it took the
-id of, so no new object can reuse such an id while the entry lives.
+demos), one level deep: each attribute's name and value, and for a list or dict the
+items it holds. Any assignment (``predictor.demos = ...``, ``lm.kwargs["temperature"] =
+0.9``, ``demos.append(...)``, ``load_state``, ``with_instructions``) changes an id in it,
+so the next call hashes the state again. The cache holds references to everything it
+took the id of, so no new object can reuse such an id while the entry lives.
+
+The fingerprint is taken on every call, so it is built from what the entry found once
+(the attribute dicts and the containers in them) with ``map(id, ...)`` alone: a Python
+loop over the attributes cost a fifth of the whole recorder. DSPy's per-call histories
+(``history``, ``callbacks``) count by identity only: DSPy appends to them in place and
+assigns them anew only when a module is created or copied.
 
 A change made deeper than one level inside an attribute (mutating a nested list inside a
-demo's field in place) is not seen until the next full hash, which happens at the latest
-after :data:`RECHECK_EVERY` calls or :data:`RECHECK_SECONDS` seconds.
+demo's field in place), or an object's whole ``__dict__`` replaced, is not seen until the
+next full hash, which happens at the latest after :data:`RECHECK_EVERY` calls or
+:data:`RECHECK_SECONDS` seconds.
 """
 
 from __future__ import annotations
@@ -40,50 +47,65 @@ RECHECK_SECONDS = 5.0
 T = TypeVar("T")
 
 
-def _fingerprint(objects: list[Any]) -> tuple[int, ...] | None:
-    """The ids of every attribute value (and container item) of ``objects``, in order.
+class _Watched:
+    """What a fingerprint is taken of: attribute dicts, and the lists and dicts in them.
 
-    Comparing ids is safe here because the cache entry keeps the values it fingerprinted
-    alive (:func:`_references`): no new object can take the id of one still alive.
+    Found once per cache entry: reading ``__dict__`` goes through DSPy's own
+    ``Module.__getattribute__``, which costs more than fingerprinting the dict.
     """
-    ids: list[int] = []
-    append, extend = ids.append, ids.extend
-    for obj in objects:
-        attributes = getattr(obj, "__dict__", None)
-        if attributes is None:
-            continue
-        append(len(attributes))
-        for key, value in attributes.items():
-            if key in _SKIPPED:
-                continue
-            append(id(key))
-            append(id(value))
-            if isinstance(value, (list, tuple)):
-                if len(value) > _MAX_ITEMS:
-                    return None
-                append(len(value))
-                extend(map(id, value))
-            elif isinstance(value, dict):
-                if len(value) > _MAX_ITEMS:
-                    return None
-                append(len(value))
-                extend(map(id, value))
-                extend(map(id, value.values()))
-    return tuple(ids)
 
+    __slots__ = ("attributes", "containers", "mappings")
 
-def _references(objects: list[Any]) -> list[Any]:
-    """Everything :func:`_fingerprint` took the id of, to keep it alive."""
-    refs: list[Any] = []
-    for obj in objects:
-        for key, value in getattr(obj, "__dict__", {}).items():
-            refs.append(key)
-            refs.append(value)
-            if isinstance(value, (list, tuple)):
-                refs.extend(value)
-            elif isinstance(value, dict):
-                refs.extend(value.items())
-    return refs
+    def __init__(self, objects: list[Any]) -> None:
+        found = (getattr(obj, "__dict__", None) for obj in objects)
+        self.attributes: list[dict[str, Any]] = [a for a in found if isinstance(a, dict)]
+        self.containers: list[list[Any] | dict[Any, Any]] = []
+        self.mappings: list[dict[Any, Any]] = []
+        for attributes in self.attributes:
+            for key, value in attributes.items():
+                # By type(): isinstance on a DSPy module or a signature class falls
+                # back to their slow __class__ lookup.
+                kind = type(value)
+                if key in _SKIPPED or not issubclass(kind, (list, dict)):
+                    continue
+                self.containers.append(value)
+                if issubclass(kind, dict):
+                    self.mappings.append(value)
+
+    def too_large(self) -> bool:
+        """True if a container is too large to fingerprint item by item."""
+        return any(len(container) > _MAX_ITEMS for container in self.containers)
+
+    def fingerprint(self) -> tuple[int, ...]:
+        """The ids of every attribute name and value, container item and mapping value.
+
+        Comparing ids is safe here because the cache entry keeps the values it
+        fingerprinted alive (:meth:`references`): no new object can take the id of one
+        still alive.
+        """
+        ids: list[int] = []
+        append, extend = ids.append, ids.extend
+        for attributes in self.attributes:
+            append(len(attributes))
+            extend(map(id, attributes))
+            extend(map(id, attributes.values()))
+        for container in self.containers:
+            append(len(container))
+            extend(map(id, container))
+        for mapping in self.mappings:
+            extend(map(id, mapping.values()))
+        return tuple(ids)
+
+    def references(self) -> list[Any]:
+        """Everything :meth:`fingerprint` took the id of, to keep it alive."""
+        refs: list[Any] = []
+        for attributes in self.attributes:
+            refs.extend(attributes.items())
+        for container in self.containers:
+            refs.extend(container)
+        for mapping in self.mappings:
+            refs.extend(mapping.values())
+        return refs
 
 
 def _tracked(program: Any) -> list[Any]:
@@ -124,13 +146,17 @@ def _tracked(program: Any) -> list[Any]:
 
 
 class _Entry:
-    __slots__ = ("calls", "fingerprint", "objects", "references", "stamp", "value")
+    __slots__ = ("calls", "fingerprint", "references", "stamp", "value", "watched")
 
     def __init__(
-        self, value: Any, objects: list[Any], fingerprint: tuple[int, ...], references: list[Any]
+        self,
+        value: Any,
+        watched: _Watched,
+        fingerprint: tuple[int, ...],
+        references: list[Any],
     ) -> None:
         self.value = value
-        self.objects = objects
+        self.watched = watched
         self.fingerprint = fingerprint
         self.references = references
         self.calls = 0
@@ -155,14 +181,14 @@ class VersionCache:
             fresh = entry.calls < RECHECK_EVERY and (
                 time.monotonic() - entry.stamp < RECHECK_SECONDS
             )
-            if fresh and _fingerprint(entry.objects) == entry.fingerprint:
+            if fresh and entry.watched.fingerprint() == entry.fingerprint:
                 return entry.value  # type: ignore[no-any-return]
-        objects = _tracked(program)
-        references = _references(objects)  # taken first: what is fingerprinted stays alive
-        before = _fingerprint(objects)
+        watched = _Watched(_tracked(program))
+        references = watched.references()  # taken first: what is fingerprinted stays alive
+        before = watched.fingerprint()
         value = compute(program)
         # Cache only if nothing changed while hashing (another thread editing the program).
-        if before is not None and before == _fingerprint(objects):
+        if not watched.too_large() and before == watched.fingerprint():
             with self._lock:
-                self._entries[program] = _Entry(value, objects, before, references)
+                self._entries[program] = _Entry(value, watched, before, references)
         return value
