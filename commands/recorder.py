@@ -60,6 +60,9 @@ class _Active:
     evaluation: EvaluationDraft | None = None
     optimization: OptimizationDraft | None = None
     standalone: bool = False
+    # Whether this prediction's calls open spans and count metrics: decided once when
+    # the prediction starts, so that with telemetry off no call pays for asking again.
+    traced: bool = True
 
 
 class LedgerRecorder(BaseCallback):  # type: ignore[misc]
@@ -137,8 +140,12 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         if parent is not None and parent.prediction is not None and not parent.standalone:
             if parent.node is not None:
                 parent.node.children.append(node)
-            self._active[call_id] = _Active(node, parent.prediction, parent.actor, parent.context)
-            self.telemetry.call_started(call_id, ACTIVE_CALL_ID.get(), "module", node.name)
+            traced = parent.traced
+            self._active[call_id] = _Active(
+                node, parent.prediction, parent.actor, parent.context, traced=traced
+            )
+            if traced:
+                self.telemetry.call_started(call_id, ACTIVE_CALL_ID.get(), "module", node.name)
             return
         actor, context = self._who(parent)
         kwargs = inputs.get("kwargs", inputs)
@@ -155,14 +162,17 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             provenance=self._provenance(actor),
             root=node,
         )
+        traced = self.telemetry.active()
         self._active[call_id] = _Active(
             node,
             draft,
             actor,
             context,
             evaluation=parent.evaluation if parent else None,
+            traced=traced,
         )
-        self.telemetry.prediction_started(call_id, ACTIVE_CALL_ID.get(), draft, call_inputs)
+        if traced:
+            self.telemetry.prediction_started(call_id, ACTIVE_CALL_ID.get(), draft, call_inputs)
         scope.note_prediction_started(call_id)
 
     def on_module_end(
@@ -177,7 +187,8 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         if exception is not None:
             node.error = type(exception).__name__
         if draft.root is not node:
-            self.telemetry.call_ended(call_id, exception)
+            if active.traced:
+                self.telemetry.call_ended(call_id, exception)
             return
 
         def finish() -> None:
@@ -192,7 +203,8 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
                 )
 
         self._guard("a prediction", finish)
-        self.telemetry.prediction_ended(call_id, draft.program_name, exception, outputs)
+        if active.traced:
+            self.telemetry.prediction_ended(call_id, draft.program_name, exception, outputs)
         self._submit(draft)
 
     # -- language models -------------------------------------------------------------
@@ -208,7 +220,9 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         if parent is not None and parent.prediction is not None:
             if parent.node is not None:
                 parent.node.children.append(node)
-            active = _Active(node, parent.prediction, parent.actor, parent.context)
+            active = _Active(
+                node, parent.prediction, parent.actor, parent.context, traced=parent.traced
+            )
         else:
             # An LM called outside any module is a prediction of its own.
             actor, context = self._who(parent)
@@ -221,7 +235,9 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
                 provenance=self._provenance(actor),
                 root=node,
             )
-            active = _Active(node, draft, actor, context, standalone=True)
+            active = _Active(
+                node, draft, actor, context, standalone=True, traced=self.telemetry.active()
+            )
         slot: dict[str, Any] = {
             "lm": instance,
             "inputs": inputs,
@@ -233,8 +249,9 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         self._active[call_id] = active
         lm_capture.current_slot.set(active_slot)
         node.detail["slot"] = active_slot
-        own = active.prediction if active.standalone else None  # the LM call is the prediction
-        self.telemetry.lm_started(call_id, ACTIVE_CALL_ID.get(), instance, inputs, own)
+        if active.traced:
+            own = active.prediction if active.standalone else None  # the LM call is the prediction
+            self.telemetry.lm_started(call_id, ACTIVE_CALL_ID.get(), instance, inputs, own)
 
     def on_lm_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
@@ -250,9 +267,16 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         if exception is not None:
             node.error = type(exception).__name__
         program = draft.program_name
-        lm_trace_id, lm_span_id = self.telemetry.lm_ended(
-            call_id, node.name, program, slot.get("entry"), exception, prediction=active.standalone
-        )
+        lm_trace_id = lm_span_id = None
+        if active.traced:
+            lm_trace_id, lm_span_id = self.telemetry.lm_ended(
+                call_id,
+                node.name,
+                program,
+                slot.get("entry"),
+                exception,
+                prediction=active.standalone,
+            )
         if isinstance(exception, GovernanceError):
             # Refused before any request: governance records it as ExecutionDenied. The
             # refused node stays in the call tree (with its error); no model call happened.
@@ -310,8 +334,11 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             node.detail["arguments"] = to_json(inputs.get("kwargs", inputs))[0]
             if parent.node is not None:
                 parent.node.children.append(node)
-            self._active[call_id] = _Active(node, parent.prediction, parent.actor, parent.context)
-            self.telemetry.call_started(call_id, ACTIVE_CALL_ID.get(), "tool", name)
+            self._active[call_id] = _Active(
+                node, parent.prediction, parent.actor, parent.context, traced=parent.traced
+            )
+            if parent.traced:
+                self.telemetry.call_started(call_id, ACTIVE_CALL_ID.get(), "tool", name)
 
         self._guard("a tool call", start)
 
@@ -324,7 +351,8 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             return
         node = active.node
         node.latency_ms = (time.perf_counter() - node.started) * 1000
-        self.telemetry.call_ended(call_id, exception)
+        if active.traced:
+            self.telemetry.call_ended(call_id, exception)
 
         def end() -> None:
             if exception is not None:

@@ -21,7 +21,17 @@ _SECRET_NAME = re.compile(
 
 def is_secret_name(name: str) -> bool:
     """True if a parameter with this name must never be stored."""
-    return bool(_SECRET_NAME.search(name))
+    known = _secret_names.get(name)
+    if known is None:
+        known = bool(_SECRET_NAME.search(name))
+        if len(_secret_names) < _MAX_REMEMBERED:  # parameter names are few; stay bounded
+            _secret_names[name] = known
+    return known
+
+
+# Every LM call's parameters are checked by name; the answer is remembered per name.
+_secret_names: dict[str, bool] = {}
+_MAX_REMEMBERED = 10_000
 
 
 def split_secrets(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

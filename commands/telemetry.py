@@ -119,6 +119,11 @@ class Telemetry:
         """The tracer to use now, or None when no tracer provider is configured."""
         return self._tracer.get() if self.settings.enabled else None
 
+    def active(self) -> bool:
+        """False when there is neither a tracer nor a meter to report to: the recorder
+        then skips every telemetry hook of a prediction (decided when it starts)."""
+        return self.tracer() is not None or self.metrics.enabled()
+
     # -- hooks the recorder calls --------------------------------------------------------
 
     @_never_raises(None)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
 import threading
+import uuid
 
 from commands.ids import new_call_id, new_uuid
 
@@ -41,3 +43,17 @@ def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
     parent_ids = {parent[i : i + 32] for i in range(0, len(parent), 32)}
     assert len(child_ids) == 10
     assert not child_ids & parent_ids
+
+
+def test_new_uuids_are_exactly_what_the_uuid_module_makes_of_their_bytes() -> None:
+    for _ in range(1000):
+        made = new_uuid()
+        standard = uuid.UUID(bytes=made.bytes, version=4)
+        assert made == standard
+        assert (str(made), hash(made), made.variant) == (
+            str(standard),
+            hash(standard),
+            uuid.RFC_4122,
+        )
+        assert pickle.loads(pickle.dumps(made)) == made
+    assert len({new_uuid() for _ in range(1000)}) == 1000
