@@ -20,6 +20,7 @@ in-process writer, and goes on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import subprocess
@@ -95,19 +96,32 @@ class ProcessWriter:
         self._closing = False
         self._closed = False
         self._ready = threading.Event()  # the writer process has opened the store
-        self._process = subprocess.Popen(
-            module_command("commands.writer_process"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-            start_new_session=True,  # a Ctrl-C aimed at the program must not kill it
-            close_fds=True,
-        )
+        # A second pipe whose only use is to wake the writer process from lingering when
+        # someone waits in flush(): drafts on the main pipe must not wake it (each
+        # wake-up is paid inside the program's write), but a flush should not wait out
+        # the linger either.
+        wake_read, self._wake = os.pipe() if os.name == "posix" else (-1, -1)
+        try:
+            self._process = subprocess.Popen(
+                module_command("commands.writer_process"),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                bufsize=0,
+                start_new_session=True,  # a Ctrl-C aimed at the program must not kill it
+                close_fds=True,
+                pass_fds=(wake_read,) if wake_read >= 0 else (),
+            )
+        finally:
+            if wake_read >= 0:
+                os.close(wake_read)
+        if self._wake >= 0:
+            os.set_blocking(self._wake, False)  # a full wake-up pipe is awake enough
         assert self._process.stdin is not None
         assert self._process.stdout is not None
         self._input: IO[bytes] = self._process.stdin
         _widen_pipe(self._input)
-        self._write(encode(CONFIG, config))
+        wake_fd = wake_read if wake_read >= 0 else None
+        self._write(encode(CONFIG, dataclasses.replace(config, wake_fd=wake_fd)))
         self._receiver = threading.Thread(
             target=self._receive,
             args=(self._process.stdout,),
@@ -210,6 +224,10 @@ class ProcessWriter:
             self._closing = True
             with self._pipe_lock, contextlib.suppress(OSError):
                 self._input.close()  # the writer commits what it has, and exits
+            if self._wake >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self._wake)
+                self._wake = -1
             try:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -255,6 +273,11 @@ class ProcessWriter:
                     self._write(_FLUSH_FRAME)
                 except OSError:
                     self._take_over()
+                    return
+                if self._wake >= 0:
+                    # After the frame: woken, the writer finds the request in the pipe.
+                    with contextlib.suppress(OSError):  # full, or the writer is gone
+                        os.write(self._wake, b"!")
 
     def _receive(self, source: IO[bytes]) -> None:
         """Follow the writer process's counters; take over when it dies."""

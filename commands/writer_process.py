@@ -9,10 +9,11 @@ on another core, beside the program rather than inside it.
 
 One thread does everything: it reads whatever the pipe holds, and commits a batch when
 :data:`MAX_BATCH` drafts are waiting, when the first of them has waited
-:data:`LINGER_SECONDS`, or when the recording process waits in ``flush()`` (seen within
-that linger). (A reading thread beside a committing one would hand the interpreter lock
-back and forth on every read.) While a batch lingers it sleeps instead of waiting on the
-pipe, so the drafts that follow do not each wake it up. While the store refuses a batch
+:data:`LINGER_SECONDS` (or :data:`LINGER_ENV_VAR`), or when the recording process waits
+in ``flush()``, which wakes it through a second pipe. (A reading thread beside a
+committing one would hand the interpreter lock back and forth on every read.) While a
+batch lingers it sleeps instead of waiting on the pipe, so the drafts that follow do not
+each wake it up. While the store refuses a batch
 it retries with backoff and reads nothing more, so the pipe fills and the recording
 process waits: backpressure.
 
@@ -54,6 +55,8 @@ if TYPE_CHECKING:  # imported at run time only once the configuration has arrive
 MAX_BATCH = 500
 #: How long the first draft of a batch waits for others to share its transaction.
 LINGER_SECONDS = 0.02
+#: Environment variable that sets the linger, in milliseconds.
+LINGER_ENV_VAR = "DSPY_LEDGER_WRITER_LINGER_MS"
 #: How long the writer keeps retrying once the recording process has gone.
 FINAL_FLUSH_SECONDS = 60.0
 _READ_BYTES = 1 << 20
@@ -135,16 +138,29 @@ def main(argv: list[str] | None = None) -> int:
             gone_since = time.monotonic()
         return time.monotonic() - gone_since > FINAL_FLUSH_SECONDS
 
+    linger_seconds = _linger_seconds()
     pending: list[object] = []
     deadline = 0.0
     flush_asked = ended = False
+    wake = config.wake_fd
+
+    def linger(seconds: float) -> None:
+        """Wait ``seconds``, or less if the recording process asks for a flush."""
+        if wake is None:
+            time.sleep(seconds)
+        elif select.select([wake], [], [], seconds)[0] and not _drain(wake):
+            forget_wake()
+
+    def forget_wake() -> None:
+        nonlocal wake
+        wake = None  # closed: at its end it would read as ready for ever
 
     def take(frames: list[tuple[int, bytes]]) -> None:
         nonlocal deadline, flush_asked
         for kind, body in frames:
             if kind == DRAFTS:
                 if not pending:
-                    deadline = time.monotonic() + LINGER_SECONDS
+                    deadline = time.monotonic() + linger_seconds
                 try:
                     pending.append(decode_draft(body, versions))
                 except Exception as error:
@@ -167,9 +183,14 @@ def main(argv: list[str] | None = None) -> int:
                     if lingering > 0 and not flush_asked and len(pending) < MAX_BATCH:
                         # Sleep rather than wait on the pipe: a writer waiting on it is
                         # woken by every draft, and each wake-up (another core's
-                        # interrupt) is paid inside the program's write.
-                        time.sleep(lingering)
-                if select.select([fd], [], [], wait)[0]:
+                        # interrupt) is paid inside the program's write. A flush
+                        # wakes it through a pipe of its own.
+                        linger(lingering)
+                watched = [fd] if wake is None else [fd, wake]
+                readable = select.select(watched, [], [], wait)[0]
+                if wake is not None and wake in readable and not _drain(wake):
+                    forget_wake()  # (a flush request itself is in the main pipe)
+                if fd in readable:
                     chunk = os.read(fd, _READ_BYTES)
                     if chunk:
                         buffer += chunk
@@ -195,6 +216,37 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
     finally:
         app.close()
+
+
+def _linger_seconds() -> float:
+    """The linger: :data:`LINGER_ENV_VAR` (milliseconds) if set and valid, else 20 ms."""
+    setting = os.environ.get(LINGER_ENV_VAR)
+    if not setting:
+        return LINGER_SECONDS
+    try:
+        milliseconds = float(setting)
+    except ValueError:
+        milliseconds = -1.0
+    if not 0 <= milliseconds <= 60_000:
+        logger.warning(
+            "%s=%r is not a number of milliseconds from 0 to 60000; lingering %d ms.",
+            LINGER_ENV_VAR,
+            setting,
+            LINGER_SECONDS * 1000,
+        )
+        return LINGER_SECONDS
+    return milliseconds / 1000
+
+
+def _drain(fd: int) -> bool:
+    """Empty the wake-up pipe (its bytes only say "someone waits in flush"); False once
+    the recording process has closed it, when it must no longer be watched."""
+    try:
+        return bool(os.read(fd, 4096))
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":

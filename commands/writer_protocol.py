@@ -31,6 +31,9 @@ class WriterConfig:
     max_string_bytes: int
     redactors: tuple[str, ...]
     master_key: bytes | None
+    #: The read end of the wake-up pipe (inherited), or None: a byte on it ends the
+    #: writer's lingering at once, because someone waits in ``flush()``.
+    wake_fd: int | None = None
 
 
 @dataclass(frozen=True)

@@ -306,3 +306,23 @@ def test_a_forked_process_records_through_a_writer_of_its_own(sqlite_url: str) -
     )
     assert ledger.recording_errors == 0
     ledger.close()
+
+
+def test_a_flush_wakes_the_writer_process_from_its_lingering(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer would wait a minute for more drafts to share a transaction; a flush
+    # must end that wait (through the wake-up pipe), not wait it out.
+    monkeypatch.setenv("DSPY_LEDGER_WRITER_LINGER_MS", "60000")
+    program = dspy.ChainOfThought("question -> answer")
+    with (
+        dspy_ledger.open(sqlite_url, durability="async") as ledger,
+        dspy.context(lm=DummyLM([{"reasoning": "r", "answer": "a"}] * 6)),
+    ):
+        ledger.instrument()  # not as a context: leaving that would flush without a limit
+        for round_ in range(3):
+            program(question=f"first of round {round_}")
+            program(question=f"second of round {round_}")
+            ledger.flush(timeout=10)
+            assert len(only(events_of(ledger), "PredictionCompleted")) == 2 * (round_ + 1)
+        ledger.uninstrument()
