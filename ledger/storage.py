@@ -26,6 +26,9 @@ from ledger.errors import StorageURLError
 URL_ENV_VAR = "DSPY_LEDGER_URL"
 #: The embedded store used when nothing else is configured.
 DEFAULT_URL = "sqlite:///.dspy-ledger/ledger.db"
+#: The eventsourcing factory for PostgreSQL: the library's, inserting batches as binary
+#: arrays (ledger/postgres_recorder.py). A topic, so SQLite users never import psycopg.
+POSTGRES_PERSISTENCE_TOPIC = "ledger.postgres_recorder:LedgerPostgresFactory"
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class StoreURL:
                 "COMPRESSOR_TOPIC": compressor_topic(),
             }
         env = {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "PERSISTENCE_MODULE": POSTGRES_PERSISTENCE_TOPIC,
             "POSTGRES_DBNAME": self.dbname or "",
             "POSTGRES_HOST": self.host or "127.0.0.1",
             "POSTGRES_PORT": str(self.port or 5432),

@@ -1,0 +1,179 @@
+"""The PostgreSQL recorder that inserts batches as binary arrays keeps the library's
+semantics: the same rows and ids, the same conflict error with nothing kept, and ids that
+writers in different processes make visible in order, without gaps."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import (
+    InfrastructureFactory,
+    IntegrityError,
+    Notification,
+    StoredEvent,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.utils import Environment
+
+from ledger.application import LedgerApplication, ensure_postgres_schema
+from ledger.postgres_recorder import ColumnarApplicationRecorder
+from ledger.storage import parse_url
+
+
+def open_factory(url: str, *, create_table: bool = True) -> Any:
+    """The eventsourcing factory a ledger at ``url`` uses, as LedgerApplication builds it."""
+    store = parse_url(url)
+    env = store.eventsourcing_env()
+    env["CREATE_TABLE"] = "y" if create_table else "n"
+    return InfrastructureFactory.construct(Environment(LedgerApplication.name, env))
+
+
+@pytest.fixture
+def factory(postgres_url: str) -> Iterator[Any]:
+    ensure_postgres_schema(parse_url(postgres_url))
+    opened = open_factory(postgres_url)
+    yield opened
+    opened.close()
+
+
+def awkward_events(originator_id: uuid.UUID, count: int) -> list[StoredEvent]:
+    """Events whose topics and states need escaping in the library's text format."""
+    states = [
+        b"",
+        b"\x00\x01\xff",
+        b'{"a": "b,c", "q": "\\"(x)\\""}',
+        "caf\u00e9 \u2603".encode(),
+        bytes(range(256)) * 40,
+    ]
+    topics = ["ledger.domain:Prediction.Started", 'a,b "c" (d) \\e', "", "caf\u00e9 \u2603"]
+    return [
+        StoredEvent(
+            originator_id=originator_id,
+            originator_version=version,
+            topic=topics[version % len(topics)],
+            state=states[version % len(states)],
+        )
+        for version in range(1, count + 1)
+    ]
+
+
+def test_the_ledger_opens_postgres_with_the_columnar_recorder(postgres_url: str) -> None:
+    app = LedgerApplication(parse_url(postgres_url))
+    try:
+        assert isinstance(app.recorder, ColumnarApplicationRecorder)
+    finally:
+        app.close()
+
+
+def test_events_round_trip_as_the_library_recorder_stores_them(factory: Any) -> None:
+    columnar = factory.application_recorder()
+    library = PostgresApplicationRecorder(factory.datastore, events_table_name="library_events")
+    library.create_table()
+    batches = [awkward_events(uuid.uuid4(), 12), awkward_events(uuid.uuid4(), 1)]
+    batches.append(awkward_events(uuid.uuid4(), 3) + awkward_events(uuid.uuid4(), 4))
+
+    for batch in batches:
+        assert columnar.insert_events(batch) == library.insert_events(batch)
+
+    def everything(recorder: PostgresApplicationRecorder) -> list[Notification]:
+        return list(recorder.select_notifications(start=1, limit=1000))
+
+    stored = everything(columnar)
+    assert stored == everything(library)
+    assert [n.id for n in stored] == list(range(1, 21))
+    expected = [event for batch in batches for event in batch]
+    assert [(n.originator_id, n.originator_version, n.topic, n.state) for n in stored] == [
+        (e.originator_id, e.originator_version, e.topic, e.state) for e in expected
+    ]
+    first = batches[0][0].originator_id
+    assert list(columnar.select_events(first)) == list(library.select_events(first))
+    assert list(columnar.select_events(first)) == batches[0]
+
+
+def test_a_version_conflict_raises_the_library_error_and_keeps_nothing_of_the_batch(
+    factory: Any,
+) -> None:
+    recorder = factory.application_recorder()
+    taken = uuid.uuid4()
+    kept = awkward_events(taken, 2)
+    assert recorder.insert_events(kept) == [1, 2]
+    fresh = awkward_events(uuid.uuid4(), 5)
+    clash = StoredEvent(originator_id=taken, originator_version=2, topic="t", state=b"x")
+
+    with pytest.raises(IntegrityError):
+        recorder.insert_events([*fresh, clash])
+
+    assert recorder.max_notification_id() == 2
+    assert recorder.select_events(fresh[0].originator_id) == []
+    assert list(recorder.select_events(taken)) == kept
+    # The recorder goes on working after the refused batch.
+    assert len(recorder.insert_events(fresh)) == 5
+
+
+def write_batches(url: str, batches: int, size: int, queue: Any) -> None:
+    """In a separate process: insert ``batches`` batches, report the ids each got."""
+    factory = open_factory(url, create_table=False)
+    try:
+        recorder = factory.application_recorder()
+        for _ in range(batches):
+            queue.put(list(recorder.insert_events(awkward_events(uuid.uuid4(), size))))
+    finally:
+        factory.close()
+        queue.put(None)
+
+
+def test_writers_in_two_processes_make_ids_visible_in_order_without_gaps(
+    factory: Any, postgres_url: str
+) -> None:
+    recorder = factory.application_recorder()
+    batches, size = 40, 25
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    writers = [
+        context.Process(target=write_batches, args=(postgres_url, batches, size, queue))
+        for _ in range(2)
+    ]
+    # A reader tails the log as subscriptions and the Merkle log do: whatever it has
+    # seen, it asks only for ids after the last one. An id that became visible after a
+    # higher one would be skipped for good.
+    tailed: list[int] = []
+    writing = threading.Event()
+    writing.set()
+
+    def tail() -> None:
+        while True:
+            more = writing.is_set()
+            start = tailed[-1] + 1 if tailed else 1
+            tailed.extend(n.id for n in recorder.select_notifications(start=start, limit=500))
+            if not more:
+                return
+
+    reader = threading.Thread(target=tail)
+    reader.start()
+    for writer in writers:
+        writer.start()
+    reported: list[list[int]] = []
+    finished = 0
+    while finished < len(writers):
+        ids = queue.get(timeout=120)
+        if ids is None:
+            finished += 1
+        else:
+            reported.append(ids)
+    for writer in writers:
+        writer.join(timeout=30)
+        assert writer.exitcode == 0
+    writing.clear()
+    reader.join(timeout=30)
+
+    total = 2 * batches * size
+    assert tailed == list(range(1, total + 1))
+    assert len(reported) == 2 * batches
+    for ids in reported:  # each batch's ids are one run, in the order of its events
+        assert ids == list(range(ids[0], ids[0] + size))
+    assert sorted(i for ids in reported for i in ids) == tailed
