@@ -93,9 +93,17 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         try:
             fn()
         except Exception:
-            with self._errors_lock:
-                self._errors += 1
-            logger.exception("dspy-ledger could not record %s; the program carries on.", what)
+            self._failed(what)
+
+    def _failed(self, what: str) -> None:
+        """Count and log the exception being handled (call only inside ``except``).
+
+        The hooks of every prediction catch their own errors inline, with this, rather
+        than through :meth:`_guard`: a closure per call costs more than the call's work.
+        """
+        with self._errors_lock:
+            self._errors += 1
+        logger.exception("dspy-ledger could not record %s; the program carries on.", what)
 
     def _parent(self) -> _Active | None:
         # DSPy carries ACTIVE_CALL_ID into worker threads; the hooks' own variable
@@ -132,7 +140,10 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
 
     def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Start a prediction (top-level call) or a node of its call tree."""
-        self._guard("a module call", lambda: self._module_start(call_id, instance, inputs))
+        try:
+            self._module_start(call_id, instance, inputs)
+        except Exception:
+            self._failed("a module call")
 
     def _module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         parent = self._parent()
@@ -191,7 +202,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
                 self.telemetry.call_ended(call_id, exception)
             return
 
-        def finish() -> None:
+        try:
             draft.latency_ms = node.latency_ms or 0.0
             draft.finished_at = datetime.now(UTC)
             draft.outputs = outputs
@@ -201,8 +212,8 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
                 active.evaluation.predictions_by_inputs.setdefault(key, []).append(
                     draft.prediction_id
                 )
-
-        self._guard("a prediction", finish)
+        except Exception:
+            self._failed("a prediction")
         if active.traced:
             self.telemetry.prediction_ended(call_id, draft.program_name, exception, outputs)
         self._submit(draft)
@@ -211,7 +222,10 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
 
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Open a capture slot for DSPy's history entry of this LM call."""
-        self._guard("an LM call", lambda: self._lm_start(call_id, instance, inputs))
+        try:
+            self._lm_start(call_id, instance, inputs)
+        except Exception:
+            self._failed("an LM call")
 
     def _lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         parent = self._parent()
@@ -282,7 +296,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             # refused node stays in the call tree (with its error); no model call happened.
             return
 
-        def capture() -> None:
+        try:
             lm = slot.get("lm")
             model = node.name
             params = {**dict(getattr(lm, "kwargs", {}) or {})}
@@ -311,8 +325,8 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
                     span_id=lm_span_id,
                 )
             )
-
-        self._guard("an LM call", capture)
+        except Exception:
+            self._failed("an LM call")
         if active.standalone:
             draft.latency_ms = node.latency_ms or 0.0
             draft.finished_at = datetime.now(UTC)

@@ -172,3 +172,33 @@ def test_recording_survives_another_instrumentor_undoing_its_patches(ledger: Led
         dspy.Predict("question -> answer")(question="after")
     started = only(events_of(ledger), "PredictionStarted")
     assert [s["inputs"] for s in started] == [{"question": "after"}]
+
+
+def test_a_failure_inside_the_recorder_is_counted_and_the_program_carries_on(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import commands.recorder as recorder_module
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("a recorder bug")
+
+    program = dspy.Predict("question -> answer")
+    with dspy.context(lm=answers(3, answer="a")):
+        # A failure when a prediction starts: that prediction goes unrecorded.
+        monkeypatch.setattr(recorder_module, "version_of", broken)
+        assert program(question="1").answer == "a"
+        monkeypatch.undo()
+        # A failure when an LM call ends: the prediction is recorded without it.
+        monkeypatch.setattr(recorder_module, "split_secrets", broken)
+        assert program(question="2").answer == "a"
+        monkeypatch.undo()
+        assert program(question="3").answer == "a"
+    ledger.flush()
+    assert ledger.recording_errors == 2
+    started = only(events_of(ledger), "PredictionStarted")
+    # The first prediction's LM call, with no recorded module around it, is recorded
+    # as a prediction of its own, as any LM called outside a module is.
+    assert [s["program_name"] for s in started][1:] == ["Predict", "Predict"]
+    assert [s["inputs"].get("question") for s in started] == [None, "2", "3"]
+    executed = only(events_of(ledger), "ModelExecuted")
+    assert len(executed) == 2  # the first and the third prediction's LM calls
