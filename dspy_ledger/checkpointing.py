@@ -21,7 +21,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ledger.errors import InvalidInputError
@@ -119,6 +120,15 @@ class AutoCheckpointer:
         """Wait for a checkpoint in progress, if any, to finish."""
         with self._taking:
             pass
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Take no checkpoint inside the block (one in progress finishes first).
+
+        A look due meanwhile waits, and takes its checkpoint when the block ends.
+        """
+        with self._taking:
+            yield
 
     def stop(self) -> None:
         """Stop looking and wait for a checkpoint in progress to finish."""
