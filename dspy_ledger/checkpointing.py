@@ -116,6 +116,11 @@ class AutoCheckpointer:
             self.taken += 1
             return True
 
+    @property
+    def busy(self) -> bool:
+        """Whether a look or a checkpoint is in progress (or checkpoints are paused)."""
+        return self._taking.locked()
+
     def wait(self) -> None:
         """Wait for a checkpoint in progress, if any, to finish."""
         with self._taking:
