@@ -108,9 +108,11 @@ def _checkpoint_rows(
 ) -> list[Row]:
     """Recording with automatic checkpoints on against off, interleaved rounds.
 
-    Checkpoints come every ``DEFAULT_EVERY`` events, looked for every 0.1 s: at least
+    Checkpoints come every ``DEFAULT_EVERY`` events, looked for every second: at least
     as often as the default policy (which looks every 10 s) takes them, so the figures
-    bound what it costs. Each round records about that many events, so each "on"
+    bound what it costs; a look reads the ledger's last position in this process,
+    which a write of the recording thread may wait for, so the bench does not look
+    more often than that. Each round records about that many events, so each "on"
     round pays for about one checkpoint; if one is still running when the round's
     events are committed, "on" records on (as a program would) until it has finished,
     so all of its cost falls inside the round. The rounds alternate which goes first,
@@ -127,7 +129,7 @@ def _checkpoint_rows(
             on.record(10)
             per_prediction = (on.ledger.app.last_position() - start) / 10
             predictions = max(1, round(every / per_prediction))
-            on.ledger.start_auto_checkpoints(CheckpointPolicy(every=every, interval=0.1))
+            on.ledger.start_auto_checkpoints(CheckpointPolicy(every=every, interval=1.0))
             checkpointer = on.ledger._auto_checkpoints
             assert checkpointer is not None
             for recording in (off, on):  # warm up: caches, and the hashing worker's start
