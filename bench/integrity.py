@@ -7,36 +7,42 @@
   the same ranges checked one after another in this process, interleaved rounds;
 * hashing: events into leaves and frontier from raw rows in batches, against the
   library's ``Notification`` objects hashed and appended leaf by leaf;
-* recording (one transaction per prediction, as the synchronous writer commits) with
-  automatic checkpoints on against off, interleaved rounds: events per second of wall
-  time and per CPU second of the recording process (steadier on a shared machine),
-  and the CPU the checkpoint thread and the hashing worker process spent.
+* recording with automatic checkpoints on against off, interleaved rounds, with sync
+  durability and with async durability (the writer process): DSPy predictions' drafts
+  handed to the ledger as its recorder hands them, events per second of wall time and
+  per CPU second of the recording processes (steadier on a shared machine), and the
+  CPU the checkpoint thread and the hashing worker process spent.
 
-Run: ``python -m bench.integrity [--quick]``.
+Run: ``python -m bench.integrity [--quick] [--checkpoints]`` (``--checkpoints``: the
+recording rows alone).
 """
 
 from __future__ import annotations
 
-import resource
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Final
 
-from bench.common import Row, row
+from bench.common import Row, row, writer_ready
+from bench.overhead import writer_process_cpu
 from bench.synthetic import generate
+from bench.throughput import capture_drafts
 from dspy_ledger.checkpointing import DEFAULT_EVERY, CheckpointPolicy
-from dspy_ledger.ledger import Ledger
-from ledger.domain import Prediction
+from dspy_ledger.ledger import Durability, Ledger
 from ledger.integrity.leaf import event_leaf_hash
 from ledger.integrity.merkle import Frontier
 from ledger.integrity.parallel import ScanSettings
 from ledger.integrity.scan import LeafHasher, extend_frontier, read_event_rows
 from ledger.integrity.verify import verify_log
+
+#: Both ways of recording: committed in the program's thread, or by a writer process.
+DURABILITIES: Final[tuple[Durability, ...]] = ("sync", "async")
 
 
 def _row(name: str, value: float, unit: str, baseline: float | None, *, target: str | None) -> Row:
@@ -62,123 +68,145 @@ def _catch_up_leaf_by_leaf(ledger: Ledger) -> None:
         frontier.append(event_leaf_hash(n.topic, n.originator_id, n.originator_version, n.state))
 
 
-def _record(ledger: Ledger, predictions: int) -> None:
-    """Record predictions as the synchronous writer does: one transaction each."""
-    at = datetime(2025, 1, 1, tzinfo=UTC)
-    for _ in range(predictions):
-        prediction = Prediction.start(
-            prediction_id=uuid.uuid4(),
-            program_version_id=None,
-            program_name="qa",
-            inputs={"question": "What is 2 + 2?"},
-            context="production",
-            actor="bench",
-            occurred_at=at,
-        )
-        prediction.record_model_execution(
-            occurred_at=at,
-            call_id=uuid.uuid4().hex,
-            parent_call_id=None,
-            model="openai/gpt-4o-mini",
-            provider="openai",
-            request={},
-            messages=[{"role": "user", "content": "What is 2 + 2?"}],
-            outputs=["4"],
-            usage={"prompt_tokens": 12, "completion_tokens": 1},
-            cost_usd=0.00001,
-            cached_cost_usd=None,
-            latency_ms=120.0,
-            cache_hit=False,
-            response_model=None,
-            error=None,
-            actor="bench",
-            trace_id=None,
-            span_id=None,
-        )
-        prediction.complete(
-            outputs={"answer": "4"}, call_tree={}, latency_ms=121.0, actor="bench", occurred_at=at
-        )
-        ledger.app.save_aggregates(prediction)
+class _Recording:
+    """One ledger recording predictions the way an instrumented program does.
+
+    Each prediction is a draft captured from a DSPy program (``ChainOfThought`` and
+    ``DummyLM``) with a fresh id, handed to the ledger as its recorder hands drafts:
+    committed in this thread (sync durability) or sent to the writer process (async,
+    the default writer). A round ends when every draft is committed.
+    """
+
+    def __init__(self, url: str, durability: Durability, drafts: list[Any]) -> None:
+        self.ledger = Ledger(url, actor="bench", durability=durability)
+        self.ledger.stop_auto_checkpoints()
+        self._drafts = drafts
+        writer_ready(self.ledger)
+        self.ledger._submit(drafts[0])  # the program version, registered once
+        self.ledger.flush()
+
+    def record(self, predictions: int) -> None:
+        """Record ``predictions`` new predictions and wait until they are committed."""
+        templates = self._drafts[1:]
+        for i in range(predictions):
+            template = templates[i % len(templates)]
+            self.ledger._submit(replace(template, prediction_id=uuid.uuid4()))
+        self.ledger.flush()
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds so far: this process and its writer process; the hashing worker."""
+        recording = time.process_time() + writer_process_cpu(self.ledger)
+        catch_up = self.ledger._background_catch_up
+        worker = catch_up._worker if catch_up is not None else None
+        # writer_process_cpu reads the CPU of the ``_process`` of what it is given.
+        hashing = writer_process_cpu(SimpleNamespace(_writer=worker)) if worker else 0.0
+        return recording, hashing
 
 
-def _record_round(ledger: Ledger, predictions: int) -> tuple[float, float]:
-    """Record ``predictions``; wall and CPU seconds, a checkpoint in progress included."""
-    started, cpu = time.perf_counter(), time.process_time()
-    _record(ledger, predictions)
-    checkpointer = ledger._auto_checkpoints
-    if checkpointer is not None:
-        checkpointer.wait()  # a checkpoint still running counts against its round
-    return time.perf_counter() - started, time.process_time() - cpu
+def _checkpoint_rows(
+    folder: Path, durability: Durability, drafts: list[Any], quick: bool
+) -> list[Row]:
+    """Recording with automatic checkpoints on against off, interleaved rounds.
 
+    Checkpoints come every ``DEFAULT_EVERY`` events, looked for every second: at least
+    as often as the default policy (which looks every 10 s) takes them, so the figures
+    bound what it costs; a look reads the ledger's last position in this process,
+    which a write of the recording thread may wait for, so the bench does not look
+    more often than that. Each round records about that many events, so each "on"
+    round pays for about one checkpoint; if one is still running when the round's
+    events are committed, "on" records on (as a program would) until it has finished,
+    so all of its cost falls inside the round. The rounds alternate which goes first,
+    and while "off" records, the other ledger's checkpoints are held off (they would
+    slow "off"); a look due meanwhile takes its checkpoint when its ledger records again.
+    """
+    every = 1_000 if quick else DEFAULT_EVERY
+    interval = 0.1 if quick else 1.0  # quick rounds last less than a second
+    rounds = 2 if quick else 20
+    with tempfile.TemporaryDirectory(dir=folder) as place:
+        off = _Recording(f"sqlite:///{place}/off.db", durability, drafts)
+        on = _Recording(f"sqlite:///{place}/on.db", durability, drafts)
+        try:
+            start = on.ledger.app.last_position()
+            on.record(10)
+            per_prediction = (on.ledger.app.last_position() - start) / 10
+            predictions = max(1, round(every / per_prediction))
+            on.ledger.start_auto_checkpoints(CheckpointPolicy(every=every, interval=interval))
+            checkpointer = on.ledger._auto_checkpoints
+            assert checkpointer is not None
+            for recording in (off, on):  # warm up: caches, and the hashing worker's start
+                recording.record(2 * predictions)
+            checkpointer.tick()  # one checkpoint at least: the worker has started
+            thread_cpu, taken = checkpointer.cpu_seconds, checkpointer.taken
+            rates: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+            cpu: dict[str, float] = {"off": 0.0, "on": 0.0}
+            hashing = 0.0
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+            def measure(name: str, recording: _Recording) -> None:
+                nonlocal hashing
+                cpu_before, hashing_before = recording.cpu()
+                first = recording.ledger.app.last_position()
+                started = time.perf_counter()
+                recording.record(predictions)
+                while name == "on" and checkpointer.busy:
+                    recording.record(max(1, predictions // 50))
+                elapsed = time.perf_counter() - started
+                cpu_after, hashing_after = recording.cpu()
+                events = recording.ledger.app.last_position() - first
+                rates[name].append((events / elapsed, events / (cpu_after - cpu_before)))
+                cpu[name] += cpu_after - cpu_before
+                hashing += hashing_after - hashing_before
 
+            for index in range(rounds):
+                for name in ("off", "on") if index % 2 == 0 else ("on", "off"):
+                    if name == "on":
+                        measure("on", on)
+                    else:
+                        with checkpointer.paused():
+                            measure("off", off)
+            thread_cpu = checkpointer.cpu_seconds - thread_cpu
+            taken = checkpointer.taken - taken
+        finally:
+            off.ledger.close()
+            on.ledger.close()
 
-def _checkpoint_rows(folder: Path, quick: bool) -> list[Row]:
-    # Checkpoints every quarter of the default (every 2,500 events): the fixed cost of a
-    # checkpoint weighs more the more often it is paid, so this bounds the default's.
-    every = 250 if quick else DEFAULT_EVERY // 4
-    predictions = every  # 3 events each: three checkpoints per round
-    rounds = 2 if quick else 9
-    off = Ledger(f"sqlite:///{folder / 'off.db'}", actor="bench")
-    on = Ledger(f"sqlite:///{folder / 'on.db'}", actor="bench")
-    children = _children_cpu()
-    try:
-        off.stop_auto_checkpoints()
-        on.stop_auto_checkpoints()
-        on.start_auto_checkpoints(CheckpointPolicy(every=every, interval=0.05))
-        checkpointer = on._auto_checkpoints
-        assert checkpointer is not None
-        for ledger in (off, on):  # warm up: caches, and the hashing worker's start
-            _record_round(ledger, predictions)
-        thread_cpu, taken = checkpointer.cpu_seconds, checkpointer.taken
-        timings: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
-        for _ in range(rounds):
-            timings["off"].append(_record_round(off, predictions))
-            timings["on"].append(_record_round(on, predictions))
-        thread_cpu = checkpointer.cpu_seconds - thread_cpu
-        taken = checkpointer.taken - taken
-    finally:
-        off.close()
-        on.close()
-    worker_cpu = _children_cpu() - children  # the worker has exited: its CPU is known
+    def median_rate(name: str, which: int) -> float:
+        return statistics.median(rate[which] for rate in rates[name])
 
-    def median_rate(mode: str, which: int) -> float:
-        return statistics.median(3 * predictions / t[which] for t in timings[mode])
-
-    recording_cpu = sum(t[1] for t in timings["on"])
-    every_text = f"every {every:,} events, median of {rounds} interleaved rounds, SQLite"
+    writer = "a writer process" if durability == "async" else "committed in the recording thread"
+    text = (
+        f"{durability} durability ({writer}), SQLite, a checkpoint every {every:,} events, "
+        f"median of {rounds} interleaved rounds"
+    )
+    processes = "this process and its writer process" if durability == "async" else "this process"
     rows = [
         _row(
-            f"recording with automatic checkpoints ({every_text}; baseline: off)",
+            f"recording with automatic checkpoints ({text}; baseline: off)",
             median_rate("on", 0),
             "events/s",
             median_rate("off", 0),
             target="ratio >= 0.95",
         ),
         _row(
-            f"recording per CPU second of the recording process ({every_text}; baseline: off)",
+            f"recording per CPU second of {processes} ({text}; baseline: off)",
             median_rate("on", 1),
             "events/CPU s",
             median_rate("off", 1),
             target="ratio >= 0.95",
         ),
         _row(
-            f"checkpoint thread CPU ({taken} checkpoints), share of the recording process's CPU",
-            max(thread_cpu, 1e-9) / recording_cpu * 100,
+            f"checkpoint thread CPU ({taken} checkpoints, {durability}), share of the CPU of "
+            f"{processes}",
+            max(thread_cpu, 1e-9) / cpu["on"] * 100,
             "%",
             None,
             target="< 5 %",
         ),
     ]
-    if worker_cpu > 0:
+    if hashing > 0:  # none when no checkpoint fell in a round (quick runs)
         rows.append(
             _row(
-                "hashing worker process CPU, its start included, share of the recording "
-                "process's CPU",
-                worker_cpu / recording_cpu * 100,
+                f"hashing worker process CPU ({durability}), share of the CPU of {processes}",
+                hashing / cpu["on"] * 100,
                 "%",
                 None,
                 target=None,
@@ -189,6 +217,16 @@ def _checkpoint_rows(folder: Path, quick: bool) -> list[Row]:
 
 def _verify_rate(ledger: Ledger, events: int, settings: ScanSettings) -> float:
     return _rate(events, lambda: verify_log(ledger.app, ledger.merkle_log, settings=settings))
+
+
+def checkpoint_rows(quick: bool) -> list[Row]:
+    """The recording rows alone, sync then async durability."""
+    drafts = capture_drafts(21)  # the program version, then 20 predictions to copy
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as folder:
+        for durability in DURABILITIES:
+            rows.extend(_checkpoint_rows(Path(folder), durability, drafts, quick))
+    return rows
 
 
 def run(quick: bool) -> list[Row]:
@@ -234,13 +272,13 @@ def run(quick: bool) -> list[Row]:
             )
         finally:
             ledger.close()
-        rows.extend(_checkpoint_rows(Path(folder), quick))
-    return rows
+    return rows + checkpoint_rows(quick)
 
 
 def main() -> None:
     """Print the rows, one per line."""
-    for item in run("--quick" in sys.argv[1:]):
+    quick = "--quick" in sys.argv[1:]
+    for item in checkpoint_rows(quick) if "--checkpoints" in sys.argv[1:] else run(quick):
         print(item)
 
 

@@ -21,7 +21,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ledger.errors import InvalidInputError
@@ -115,10 +116,24 @@ class AutoCheckpointer:
             self.taken += 1
             return True
 
+    @property
+    def busy(self) -> bool:
+        """Whether a look or a checkpoint is in progress (or checkpoints are paused)."""
+        return self._taking.locked()
+
     def wait(self) -> None:
         """Wait for a checkpoint in progress, if any, to finish."""
         with self._taking:
             pass
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Take no checkpoint inside the block (one in progress finishes first).
+
+        A look due meanwhile waits, and takes its checkpoint when the block ends.
+        """
+        with self._taking:
+            yield
 
     def stop(self) -> None:
         """Stop looking and wait for a checkpoint in progress to finish."""

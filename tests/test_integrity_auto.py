@@ -52,6 +52,31 @@ def test_no_checkpoint_until_enough_events() -> None:
     assert not auto.tick()
 
 
+def test_a_look_due_while_paused_takes_its_checkpoint_when_the_pause_ends() -> None:
+    position = [0]
+    taken: list[int] = []
+
+    def take() -> int:
+        taken.append(position[0])
+        return position[0]
+
+    auto = AutoCheckpointer(CheckpointPolicy(every=5, interval=0.01), lambda: position[0], take)
+    auto.start()
+    try:
+        with auto.paused():
+            assert auto.busy
+            position[0] = 7
+            time.sleep(0.2)  # many looks fall due
+            assert taken == []
+        deadline = time.monotonic() + 20
+        while not taken and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert taken == [7]
+    finally:
+        auto.stop()
+    assert not auto.busy
+
+
 def test_bad_settings_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DSPY_LEDGER_CHECKPOINT_EVERY", "often")
     with pytest.raises(InvalidInputError, match="DSPY_LEDGER_CHECKPOINT_EVERY"):

@@ -8,14 +8,30 @@ standard output, until standard input closes:
   answer its :class:`~ledger.integrity.ranges.RangeOutcome` (reads only);
 * ``catch-up``: each request hashes the events stored since the log's last position
   into the log (writing its leaves and frontier) and answers ``{"added": n}``.
+
+The catch-up worker runs beside the program that records into the same file, and
+keeps out of its way (see docs/integrity.md, Performance):
+
+* it lowers its CPU priority (:data:`CATCH_UP_NICENESS`): on a busy machine the
+  program's own processes get the cores first;
+* it writes at most :data:`CATCH_UP_WRITE_BATCH` leaves per transaction: each holds
+  the file's write lock, and a recording transaction that finds it taken sleeps in
+  SQLite's growing steps (1, 2, 5, 10 ms...) until it is free;
+* its commits do not wait for the disk (``synchronous=NORMAL``). Leaves are derived
+  from events already on disk and are written with their frontier and tracking
+  record in one transaction, so a commit lost to a power cut is redone by the next
+  catch-up; and the checkpoint made from them is recorded by a later commit that
+  does wait for the disk, which in a WAL file makes the earlier commits durable too.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from contextlib import suppress
+from typing import Any, Final
 
 from ledger.integrity.ranges import LeafRange, check_range, sqlite_file_reader
 
@@ -25,17 +41,37 @@ def _ranges(path: str, table: str, batch: int) -> Callable[[dict[str, Any]], dic
     return lambda request: check_range(reader, LeafRange.from_json(request), batch).to_json()
 
 
+#: How much the catch-up worker lowers its CPU priority (``nice``; 19 is the lowest).
+CATCH_UP_NICENESS: Final = 10
+#: The most leaves the catch-up worker writes in one transaction.
+CATCH_UP_WRITE_BATCH: Final = 500
+
+
 def _catch_up(path: str, table: str, batch: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
     # Imported here: the ranges task starts faster without the store's modules.
-    from eventsourcing.sqlite import SQLiteDatastore
+    from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool, SQLiteDatastore
 
     from ledger.integrity.hashing import LeafHasher
     from ledger.integrity.log import SQLiteMerkleRecorder, catch_up_log
     from ledger.integrity.scan import read_sqlite_rows
 
+    class UnsyncedPool(SQLiteConnectionPool):
+        """Connections whose commits do not wait for the disk (see the module's notes)."""
+
+        def _create_connection(self) -> SQLiteConnection:
+            connection = super()._create_connection()
+            connection.cursor().execute("PRAGMA synchronous=NORMAL")
+            return connection
+
+    if hasattr(os, "nice"):
+        with suppress(OSError):  # not allowed here: run at the usual priority
+            os.nice(CATCH_UP_NICENESS)
     datastore = SQLiteDatastore(path, lock_timeout=30)
+    datastore.pool.close()  # no connection made yet: replaced before first use
+    datastore.pool = UnsyncedPool(db_name=path, lock_timeout=30)
     recorder = SQLiteMerkleRecorder(datastore)
     hasher = LeafHasher()
+    batch = min(batch, CATCH_UP_WRITE_BATCH)
 
     def serve(request: dict[str, Any]) -> dict[str, Any]:
         added = catch_up_log(
