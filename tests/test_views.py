@@ -255,7 +255,7 @@ def test_the_fast_field_reader_gives_what_the_mapper_gives(ledger_url: str) -> N
         for name in VIEW_NAMES:
             reader = open_view(ledger.app, name).reader
             assert reader.fast
-            fast = [reader._item(row) for row in reader._fetch(1, 2**62, 1000)]
+            fast = reader.items(reader._fetch(1, 2**62, 1000))
             mapped = [reader.decode(n) for n in ledger.app.notifications()]
             # Events of a type the view does not read are skipped either way.
             read = [item for item in mapped if item[1] in reader.fields]
