@@ -258,7 +258,7 @@ class FieldReader:
         # much as the parsing itself.
         parsed = iter(json.loads(f"[{','.join(texts)}]") if texts else ())
         plans = self._plans
-        streams: dict[Any, str] = {}  # a prediction's events share its stream id
+        streams: dict[Any, str] = {}  # UUIDs as dashed text: a batch repeats most
         items: list[ViewItem] = []
         for position, topic, stream_id, version, text in rows:
             found = None if text is None else next(parsed)
@@ -283,8 +283,11 @@ class FieldReader:
                     if type(found[i]) is str:  # SQLite read the tag's data
                         attributes[names[i]] = _iso_to_utc_text(found[i])
                 for i in uuids:
-                    if type(found[i]) is str:
-                        attributes[names[i]] = dashed(found[i])
+                    if type(found[i]) is str:  # a few program versions, many predictions
+                        uuid = streams.get(found[i])
+                        if uuid is None:
+                            uuid = streams[found[i]] = dashed(found[i])
+                        attributes[names[i]] = uuid
                 if "{" in text or text.find("[", 1) > 0:
                     # Some value is an object or a list (e.g. a tagged time or UUID read
                     # whole): a value holding no bracket in its text cannot be one.
