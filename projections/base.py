@@ -86,7 +86,7 @@ class Cursor:
     def executemany(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run one statement for many rows (nothing if there are none)."""
         if rows:
-            self.raw.executemany(self.view.sql(text), [tuple(r) for r in rows])
+            self.raw.executemany(self.view.sql(text), rows)
 
     def rows(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run a query and return its rows as dicts."""
@@ -162,16 +162,24 @@ class ViewRecorder:
             self.handle(cursor, position, event_type, attributes)
 
     def ddl(self) -> list[str]:
-        """The CREATE TABLE statements of the view's tables, including the skip counter."""
+        """The CREATE statements of the view's tables (the skip counter too) and indexes."""
         tables = {
             **self.tables,
             f"{self.view_name}_skipped": "(event_type TEXT PRIMARY KEY, events BIGINT NOT NULL)",
         }
         statements = [f"CREATE TABLE IF NOT EXISTS {{{n}}} {cols}" for n, cols in tables.items()]
-        return statements + [
+        return statements + self.index_ddl()
+
+    def index_ddl(self) -> list[str]:
+        """The CREATE INDEX statements of the view's secondary indexes."""
+        return [
             f"CREATE INDEX IF NOT EXISTS {name} ON {{{table}}} ({columns})"
             for name, (table, columns) in self.indexes.items()
         ]
+
+    @abstractmethod
+    def _index_name(self, name: str) -> str:
+        """The qualified name of one of the view's indexes."""
 
     @contextmanager
     def cursor(self, *, commit: bool = False) -> Iterator[Cursor]:
@@ -209,8 +217,16 @@ class ViewRecorder:
         return self.max_tracking_id(self.tracking_name) or 0
 
     def reset(self) -> None:
-        """Empty the view and its tracking, in one transaction, ready for a rebuild."""
+        """Empty the view and its tracking, in one transaction, ready for a rebuild.
+
+        The secondary indexes go too: filling the tables and then building each index
+        in one sorted pass costs less than keeping them up to date row by row.
+        :meth:`build_indexes` puts them back (so does opening the view, should the
+        rebuild stop half way).
+        """
         with self.cursor(commit=True) as c:
+            for name in self.indexes:
+                c.raw.execute(f"DROP INDEX IF EXISTS {self._index_name(name)}")
             for name in [*self.tables, f"{self.view_name}_skipped"]:
                 c.execute(f"DELETE FROM {{{name}}}")
             # The library's tracking only moves forward; a rebuild must start it over.
@@ -218,6 +234,12 @@ class ViewRecorder:
                 self.sql(f"DELETE FROM {self._tracking_table()} WHERE application_name = ?"),
                 (self.tracking_name,),
             )
+
+    def build_indexes(self) -> None:
+        """Create the secondary indexes :meth:`reset` dropped (nothing if they exist)."""
+        with self.cursor(commit=True) as c:
+            for statement in self.index_ddl():
+                c.execute(statement)
 
     def skipped(self) -> dict[str, int]:
         """Unknown event types this view has skipped, with counts."""
@@ -252,6 +274,9 @@ class SQLiteView(ViewRecorder, SQLiteTrackingRecorder):
     def _tracking_table(self) -> str:
         return "tracking"
 
+    def _index_name(self, name: str) -> str:
+        return name
+
 
 class PostgresView(ViewRecorder, PostgresTrackingRecorder):
     """A view stored in PostgreSQL, in the ledger's schema."""
@@ -273,6 +298,9 @@ class PostgresView(ViewRecorder, PostgresTrackingRecorder):
 
     def _tracking_table(self) -> str:
         return f'"{self.datastore.schema}"."{self.tracking_table_name}"'
+
+    def _index_name(self, name: str) -> str:
+        return f'"{self.datastore.schema}"."{name}"'
 
 
 __all__ = [

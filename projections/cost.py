@@ -64,6 +64,29 @@ _ROLLUP_KEY = (
 _BILLABLE = ("billable_calls", "billable_prompt_tokens", "billable_completion_tokens")
 
 
+def _billable(call: tuple[Any, ...]) -> tuple[int, int, int]:
+    """A call's billable calls, prompt and completion tokens (none if a cache hit)."""
+    if call[14]:
+        return (0, 0, 0)
+    return (1, call[10], call[11])
+
+
+def _add(sums: list[Any], call: tuple[Any, ...]) -> None:
+    """Add one ``cost_calls`` row to a rollup row's sums (in ``_SUMS``, ``_BILLABLE`` order)."""
+    prompt, completion, cost, saved, cache_hit, failed = call[10:]
+    sums[0] += 1
+    sums[1] += cache_hit
+    sums[2] += failed
+    sums[3] += prompt
+    sums[4] += completion
+    sums[5] += cost
+    sums[6] += saved
+    if not cache_hit:
+        sums[7] += 1
+        sums[8] += prompt
+        sums[9] += completion
+
+
 class CostLogic(ViewRecorder):
     """Tables, event handling and queries of the cost view."""
 
@@ -157,14 +180,21 @@ class CostLogic(ViewRecorder):
         }
         calls: list[tuple[Any, ...]] = []
         rollup: dict[tuple[str, ...], list[Any]] = {}
+        unknown = (None, None, "production")
         for position, event_type, e in items:
             assert e is not None
             if event_type == "ModelExecuted":
                 pid = e["originator_id"]
-                dims = started.get(pid) or known.get(pid) or (None, None, "production")
-                call = self._call(position, e, dims)
+                program, version, kind = started.get(pid) or known.get(pid) or unknown
+                call = self._call(position, e, program, version, kind or "production")
                 calls.append(call)
-                self._add_to_rollup(rollup, call)
+                # The rollup row of the call's day and dimensions ('' stands for NULL).
+                key = (call[3], call[4], call[5], program or "", version or "", call[8], call[9])
+                row = rollup.get(key)
+                if row is None:
+                    rollup[key] = [1, *call[14:16], *call[10:14], *_billable(call)]
+                else:
+                    _add(row, call)
             elif event_type == "PriceSet":
                 cursor.execute(
                     "INSERT INTO {cost_prices} VALUES (?, ?, ?, ?, ?, ?)",
@@ -177,10 +207,11 @@ class CostLogic(ViewRecorder):
                         e.get("actor") or "unknown",
                     ),
                 )
+        # Rows in key order: each B-tree page is visited once per batch, not once per row.
         cursor.executemany(
             "INSERT INTO {cost_predictions} VALUES (?, ?, ?, ?) "
             "ON CONFLICT (prediction_id) DO NOTHING",
-            [(pid, *dims) for pid, dims in started.items()],
+            [(pid, *started[pid]) for pid in sorted(started)],
         )
         cursor.executemany(
             "INSERT INTO {cost_calls} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -191,14 +222,16 @@ class CostLogic(ViewRecorder):
             "INSERT INTO {cost_rollup} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (day, model, provider, program_name, program_version_id, actor,"
             f" context_kind) DO UPDATE SET {sums}",
-            [(*key, *values) for key, values in rollup.items()],
+            [(*key, *rollup[key]) for key in sorted(rollup)],
         )
 
     @staticmethod
-    def _call(position: int, e: dict[str, Any], dims: tuple[Any, Any, str]) -> tuple[Any, ...]:
+    def _call(
+        position: int, e: dict[str, Any], program: Any, version: Any, kind: str
+    ) -> tuple[Any, ...]:
+        """The ``cost_calls`` row of one ``ModelExecuted``."""
         occurred_at = e["timestamp"]
-        cache_hit = bool(e.get("cache_hit"))
-        saved = float(e.get("cached_cost_usd") or 0.0) if cache_hit else 0.0
+        cache_hit = 1 if e.get("cache_hit") else 0
         return (
             position,
             e["originator_id"],
@@ -206,37 +239,17 @@ class CostLogic(ViewRecorder):
             occurred_at[:10],
             e.get("model") or "unknown",
             e.get("provider") or "unknown",
-            dims[0],
-            dims[1],
+            program,
+            version,
             e.get("actor") or "unknown",
-            dims[2] or "production",
+            kind,
             int(e.get("usage.prompt_tokens") or 0),
             int(e.get("usage.completion_tokens") or 0),
             float(e.get("cost_usd") or 0.0),
-            saved,
-            int(cache_hit),
-            int(e.get("error") is not None),
+            float(e.get("cached_cost_usd") or 0.0) if cache_hit else 0.0,
+            cache_hit,
+            0 if e.get("error") is None else 1,
         )
-
-    @staticmethod
-    def _add_to_rollup(rollup: dict[tuple[str, ...], list[Any]], call: tuple[Any, ...]) -> None:
-        (_, _, _, day, model, provider, program, version, actor, kind) = call[:10]
-        prompt, completion, cost, saved, cache_hit, failed = call[10:]
-        key = (day, model, provider, program or "", version or "", actor, kind)
-        sums = rollup.get(key)
-        if sums is None:
-            sums = rollup[key] = [0, 0, 0, 0, 0, 0.0, 0.0, 0, 0, 0]
-        billable = 1 - cache_hit
-        sums[0] += 1
-        sums[1] += cache_hit
-        sums[2] += failed
-        sums[3] += prompt
-        sums[4] += completion
-        sums[5] += cost
-        sums[6] += saved
-        sums[7] += billable
-        sums[8] += prompt * billable
-        sums[9] += completion * billable
 
     def cost_rows(
         self, by: list[str], since: str | None = None, until: str | None = None

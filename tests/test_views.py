@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from projections.runner import (
     VIEW_CLASSES,
     VIEW_NAMES,
     catch_up,
+    collector_paused,
     open_memory_view,
     open_view,
     rebuild,
@@ -255,9 +257,60 @@ def test_the_fast_field_reader_gives_what_the_mapper_gives(ledger_url: str) -> N
         for name in VIEW_NAMES:
             reader = open_view(ledger.app, name).reader
             assert reader.fast
-            fast = [reader._item(row) for row in reader._fetch(1, 2**62, 1000)]
+            fast = reader.items(reader._fetch(1, 2**62, 1000))
             mapped = [reader.decode(n) for n in ledger.app.notifications()]
             # Events of a type the view does not read are skipped either way.
             read = [item for item in mapped if item[1] in reader.fields]
             assert [item for item in fast if item[1] in reader.fields] == read, name
             assert len(fast) == len(mapped) and any(item[2] for item in read)
+
+
+def index_names(projection: Any) -> set[str]:
+    """The names of the indexes on a view's tables, as the database lists them."""
+    view = projection.view
+    if isinstance(view, VIEW_CLASSES[view.view_name][0]):
+        rows = view.rows("SELECT name FROM sqlite_master WHERE type = 'index'")
+        return {str(r["name"]) for r in rows}
+    rows = view.rows(
+        "SELECT indexname AS name FROM pg_indexes WHERE schemaname = ?",
+        (view.datastore.schema,),
+    )
+    return {str(r["name"]) for r in rows}
+
+
+def test_a_rebuild_builds_the_indexes_it_dropped(ledger_url: str) -> None:
+    with dspy_ledger.open(ledger_url, actor="tester") as ledger:
+        record_prediction(ledger, actor="alice", calls=[("m1", 0.1, False)], at=T0)
+        for name in VIEW_NAMES:
+            projection = open_view(ledger.app, name)
+            wanted = set(projection.view.indexes)
+            assert wanted <= index_names(projection)
+            projection.view.reset()
+            assert not wanted & index_names(projection)
+            # A rebuild that stopped half way: opening the view builds them again.
+            assert wanted <= index_names(open_view(ledger.app, name))
+            projection.view.reset()
+            assert rebuild(projection) == ledger.app.last_position()
+            assert wanted <= index_names(projection)
+        assert [e.event_type for e in views.audit_report(ledger, "alice").entries] == [
+            "PredictionStarted",
+            "ModelExecuted",
+            "PredictionCompleted",
+        ]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_catch_up_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> None:
+    with dspy_ledger.open("sqlite:///:memory:", actor="tester") as ledger:
+        record_prediction(ledger, actor="alice", calls=[("m1", 0.1, False)], at=T0)
+        was = gc.isenabled()
+        try:
+            gc.enable() if enabled else gc.disable()
+            with collector_paused():
+                assert rebuild(open_view(ledger.app, "cost")) == ledger.app.last_position()
+                assert not gc.isenabled()  # the rebuild's own pause ended; this one holds
+            assert gc.isenabled() is enabled
+            assert catch_up(open_view(ledger.app, "audit")) == ledger.app.last_position()
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable() if was else gc.disable()
