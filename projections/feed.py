@@ -288,9 +288,9 @@ class FieldReader:
                         if uuid is None:
                             uuid = streams[found[i]] = dashed(found[i])
                         attributes[names[i]] = uuid
-                if "{" in text or text.find("[", 1) > 0:
-                    # Some value is an object or a list (e.g. a tagged time or UUID read
-                    # whole): a value holding no bracket in its text cannot be one.
+                if '"_type_"' in text:
+                    # Some value holds a tagged time or UUID (read whole); values with
+                    # no tag in their text are plain JSON already (messages, outputs).
                     for name, value in zip(names, found, strict=False):
                         if type(value) is dict or type(value) is list:
                             attributes[name] = plain_value(value)

@@ -11,14 +11,14 @@ import gc
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from eventsourcing.persistence import Notification, Tracking
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore
 
-from ledger.application import LedgerApplication
+from ledger.application import LedgerApplication, postgres_setup_lock
 from projections.accuracy import PostgresAccuracyView, SQLiteAccuracyView
 from projections.audit import PostgresAuditView, SQLiteAuditView
 from projections.base import ViewItem, ViewRecorder
@@ -77,7 +77,11 @@ def open_view(app: LedgerApplication, name: str) -> ViewProjection:
     datastore = app.factory.datastore  # type: ignore[attr-defined]
     view_class = sqlite_class if isinstance(datastore, SQLiteDatastore) else postgres_class
     view: ViewRecorder = view_class(datastore=datastore)
-    view.create_table()
+    # Creating the tables records the library's "__migration__" tracking row: processes
+    # opening one new PostgreSQL ledger's views at once take turns, as the store does.
+    store = app.store
+    with postgres_setup_lock(store) if store.backend == "postgres" else nullcontext():
+        view.create_table()
     return ViewProjection(view, app)
 
 
