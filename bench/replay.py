@@ -6,15 +6,17 @@ should be bounded by DSPy itself: the target is at least 80% of the throughput o
 running the same program (the demo's ``ChainOfThought``) bare, with no ledger, against
 ``DummyLM``.
 
-Three variants run side by side in one process, interleaved round by round, and the
-medians are reported: the bare program; the same program recorded by the ledger
-(async writer, until committed); and a recorded replay of the same number of recorded
-predictions. Each recorded run and each replay gets a fresh copy of the same recorded
-ledger, so every round replays against the same record. The gap between replay and
-bare splits into two parts, both reported per prediction: recording (recorded minus
-bare) and the replay's own work (replay minus recorded: choosing and reading the
-record, serving it, judging, reading back what the writer added, recording the
-verdicts).
+Three variants run side by side in one process, interleaved round by round, each after a
+full garbage collection (opening each round's ledger copy leaves thousands of new
+long-lived objects, and the full collection they trigger, about 150 ms with DSPy loaded,
+would otherwise land in whichever timed run comes next), and the medians are reported:
+the bare program; the same program recorded by the ledger (async writer, until
+committed); and a recorded replay of the same number of recorded predictions. Each
+recorded run and each replay gets a fresh copy of the same recorded ledger, so every
+round replays against the same record. The gap between replay and bare splits into two
+parts, both reported per prediction: recording (recorded minus bare) and the replay's
+own work (replay minus recorded: choosing and reading the record, serving it, judging,
+reading back what the writer added, recording the verdicts).
 
     python -m bench.replay [--quick]
 """
@@ -22,6 +24,7 @@ verdicts).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import shutil
 import sys
@@ -66,6 +69,7 @@ def _bare(count: int, recorded_by: Any = None) -> float:
         if recorded_by is not None:
             stack.enter_context(recorded_by.instrument())
             stack.enter_context(in_context("bench"))
+        gc.collect()  # what opening a ledger copy left is not this run's to collect
         started = time.perf_counter()
         for question in _questions(count):
             program(question=question)
@@ -89,6 +93,7 @@ def _record(ledger: Any, count: int) -> None:
 
 def _replay(ledger: Any, count: int) -> tuple[float, float]:
     """Seconds for one recorded replay of the production predictions, and its match rate."""
+    gc.collect()
     started = time.perf_counter()
     report = ledger.replay(PROGRAM)
     seconds = time.perf_counter() - started
