@@ -111,6 +111,10 @@ class ProcessWriter:
                 close_fds=True,
                 pass_fds=(wake_read,) if wake_read >= 0 else (),
             )
+        except BaseException:
+            if self._wake >= 0:
+                os.close(self._wake)  # no writer process to wake: the caller falls back
+            raise
         finally:
             if wake_read >= 0:
                 os.close(wake_read)

@@ -13,9 +13,8 @@ One thread does everything: it reads whatever the pipe holds, and commits a batc
 in ``flush()``, which wakes it through a second pipe. (A reading thread beside a
 committing one would hand the interpreter lock back and forth on every read.) While a
 batch lingers it sleeps instead of waiting on the pipe, so the drafts that follow do not
-each wake it up. While the store refuses a batch
-it retries with backoff and reads nothing more, so the pipe fills and the recording
-process waits: backpressure.
+each wake it up. While the store refuses a batch it retries with backoff and reads
+nothing more, so the pipe fills and the recording process waits: backpressure.
 
 When its input ends (the ledger closed, or the recording process died) it commits
 everything it has received and exits; if the store stays away, it gives up
