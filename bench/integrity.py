@@ -26,11 +26,10 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Final
 
 from bench.common import Row, row, writer_ready
-from bench.overhead import writer_process_cpu
+from bench.overhead import process_cpu, writer_process_cpu
 from bench.synthetic import generate
 from bench.throughput import capture_drafts
 from dspy_ledger.checkpointing import DEFAULT_EVERY, CheckpointPolicy
@@ -98,8 +97,7 @@ class _Recording:
         recording = time.process_time() + writer_process_cpu(self.ledger)
         catch_up = self.ledger._background_catch_up
         worker = catch_up._worker if catch_up is not None else None
-        # writer_process_cpu reads the CPU of the ``_process`` of what it is given.
-        hashing = writer_process_cpu(SimpleNamespace(_writer=worker)) if worker else 0.0
+        hashing = process_cpu(getattr(worker, "_process", None))
         return recording, hashing
 
 

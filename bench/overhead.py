@@ -62,9 +62,8 @@ def _nothing() -> None:
     """Nothing to undo or wait for."""
 
 
-def writer_process_cpu(ledger: Any) -> float:
-    """CPU seconds the ledger's writer process has used so far (0 without one)."""
-    process = getattr(ledger._writer, "_process", None)
+def process_cpu(process: Any) -> float:
+    """CPU seconds a child process (anything with a ``pid``) has used so far (0 if None)."""
     if process is None:
         return 0.0
     try:
@@ -72,6 +71,11 @@ def writer_process_cpu(ledger: Any) -> float:
     except OSError:  # not Linux, or already gone
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def writer_process_cpu(ledger: Any) -> float:
+    """CPU seconds the ledger's writer process has used so far (0 without one)."""
+    return process_cpu(getattr(ledger._writer, "_process", None))
 
 
 def _ledger_variant(stack: ExitStack, backend: str, mode: str) -> Variant:
