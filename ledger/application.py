@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -56,7 +56,7 @@ class LedgerApplication(Application[UUID]):
                 msg = f"Cannot create the folder for the ledger at {store.masked}: {error}."
                 raise StoreUnavailableError(msg) from error
         try:
-            with postgres_setup_lock(store) if store.backend == "postgres" else nullcontext():
+            with setup_lock(store):
                 if store.backend == "postgres" and store.schema and create:
                     ensure_postgres_schema(store)
                 super().__init__(env)
@@ -183,6 +183,12 @@ def postgres_setup_lock(store: StoreURL) -> Iterator[None]:
             yield
         finally:
             connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+
+
+def setup_lock(store: StoreURL) -> AbstractContextManager[None]:
+    """What creating the store's tables takes turns under: :func:`postgres_setup_lock`
+    on PostgreSQL; nothing on SQLite, whose own write lock serializes table creation."""
+    return postgres_setup_lock(store) if store.backend == "postgres" else nullcontext()
 
 
 def ensure_postgres_schema(store: StoreURL) -> None:

@@ -11,14 +11,14 @@ import gc
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 from eventsourcing.persistence import Notification, Tracking
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore
 
-from ledger.application import LedgerApplication, postgres_setup_lock
+from ledger.application import LedgerApplication, setup_lock
 from projections.accuracy import PostgresAccuracyView, SQLiteAccuracyView
 from projections.audit import PostgresAuditView, SQLiteAuditView
 from projections.base import ViewItem, ViewRecorder
@@ -79,8 +79,7 @@ def open_view(app: LedgerApplication, name: str) -> ViewProjection:
     view: ViewRecorder = view_class(datastore=datastore)
     # Creating the tables records the library's "__migration__" tracking row: processes
     # opening one new PostgreSQL ledger's views at once take turns, as the store does.
-    store = app.store
-    with postgres_setup_lock(store) if store.backend == "postgres" else nullcontext():
+    with setup_lock(app.store):
         view.create_table()
     return ViewProjection(view, app)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -36,7 +35,7 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.sql import SQL, Identifier
 
-from ledger.application import LedgerApplication, postgres_setup_lock
+from ledger.application import LedgerApplication, setup_lock
 from ledger.integrity.hashing import EventRow, LeafHasher, extend_frontier
 from ledger.integrity.merkle import Frontier, SubtreeHasher
 from ledger.integrity.scan import read_event_rows
@@ -324,8 +323,7 @@ def make_recorder(app: LedgerApplication) -> MerkleRecorder:
         raise TypeError(msg)
     # Creating the tables records the library's "__migration__" tracking row: processes
     # opening one new PostgreSQL ledger at once must take turns, as the event store does.
-    store = app.store
-    with postgres_setup_lock(store) if store.backend == "postgres" else nullcontext():
+    with setup_lock(app.store):
         recorder.create_table()
     return recorder
 
