@@ -149,34 +149,39 @@ def _compile_key(instance: Any) -> tuple[int, int]:
     return id(instance), threading.get_ident()
 
 
-class _Call:
-    """One hooked call: tells the recorders it started, and later how it ended."""
+def _started(
+    start: str, instance: Any, inputs: Any, compiling: bool
+) -> tuple[str, tuple[Any, ...], tuple[Any, Any, Any]]:
+    """Tell the attached recorders a hooked call started; make its id the current call.
 
-    __slots__ = ("call_id", "end", "recorders", "tokens")
+    Returns the call id, the recorders told (the same ones hear how it ended, even if
+    one is detached meanwhile) and the context tokens :func:`_ended` resets.
+    """
+    call_id = new_call_id()
+    recorders = _recorders
+    for recorder in recorders:
+        getattr(recorder, start)(call_id, instance, inputs)
+    compile_token = None
+    if compiling:
+        compile_token = _compiling.set((*_compiling.get(), _compile_key(instance)))
+    tokens = (ACTIVE_CALL_ID.set(call_id), current_call.set(call_id), compile_token)
+    return call_id, recorders, tokens
 
-    def __init__(self, start: str, end: str, instance: Any, inputs: Any, compiling: bool) -> None:
-        self.call_id = new_call_id()
-        self.recorders = _recorders
-        self.end = end
-        for recorder in self.recorders:
-            getattr(recorder, start)(self.call_id, instance, inputs)
-        compile_token = None
-        if compiling:
-            compile_token = _compiling.set((*_compiling.get(), _compile_key(instance)))
-        self.tokens = (
-            ACTIVE_CALL_ID.set(self.call_id),
-            current_call.set(self.call_id),
-            compile_token,
-        )
 
-    def finish(self, result: Any, error: BaseException | None) -> None:
-        active, own, compile_token = self.tokens
-        ACTIVE_CALL_ID.reset(active)
-        current_call.reset(own)
-        if compile_token is not None:
-            _compiling.reset(compile_token)
-        for recorder in self.recorders:
-            getattr(recorder, self.end)(self.call_id, result, error)
+def _ended(
+    end: str,
+    started: tuple[str, tuple[Any, ...], tuple[Any, Any, Any]],
+    result: Any,
+    error: BaseException | None,
+) -> None:
+    """Restore the context a hooked call found, then tell its recorders how it ended."""
+    call_id, recorders, (active, own, compile_token) = started
+    ACTIVE_CALL_ID.reset(active)
+    current_call.reset(own)
+    if compile_token is not None:
+        _compiling.reset(compile_token)
+    for recorder in recorders:
+        getattr(recorder, end)(call_id, result, error)
 
 
 def _wrap(kind: str, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -184,39 +189,36 @@ def _wrap(kind: str, original: Callable[..., Any]) -> Callable[..., Any]:
     is_compile = kind == "compile"
     start, end = f"on_{kind}_start", f"on_{kind}_end"
 
-    def begin(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
-        if not _recorders or (is_compile and _compile_key(instance) in _compiling.get()):
-            return None
-        return _Call(start, end, instance, bind(instance, args, kwargs), is_compile)
-
+    # The wrappers run on every module and LM call: the checks and the bookkeeping are
+    # inline or in two plain functions, with no object made per call.
     if inspect.iscoroutinefunction(original):
 
         @functools.wraps(original)
         async def async_hook(instance: Any, *args: Any, **kwargs: Any) -> Any:
-            call = begin(instance, args, kwargs)
-            if call is None:
+            if not _recorders or (is_compile and _compile_key(instance) in _compiling.get()):
                 return await original(instance, *args, **kwargs)
+            call = _started(start, instance, bind(instance, args, kwargs), is_compile)
             try:
                 result = await original(instance, *args, **kwargs)
             except BaseException as error:
-                call.finish(None, error)
+                _ended(end, call, None, error)
                 raise
-            call.finish(result, None)
+            _ended(end, call, result, None)
             return result
 
         return _mark(async_hook)
 
     @functools.wraps(original)
     def hook(instance: Any, *args: Any, **kwargs: Any) -> Any:
-        call = begin(instance, args, kwargs)
-        if call is None:
+        if not _recorders or (is_compile and _compile_key(instance) in _compiling.get()):
             return original(instance, *args, **kwargs)
+        call = _started(start, instance, bind(instance, args, kwargs), is_compile)
         try:
             result = original(instance, *args, **kwargs)
         except BaseException as error:
-            call.finish(None, error)
+            _ended(end, call, None, error)
             raise
-        call.finish(result, None)
+        _ended(end, call, result, None)
         return result
 
     return _mark(hook)

@@ -23,8 +23,8 @@ def _random16() -> bytes:
         try:
             return _pool.popleft()  # atomic: threads never get the same bytes
         except IndexError:
-            block = os.urandom(16 * _BATCH)
-            _pool.extend(block[i : i + 16] for i in range(0, len(block), 16))
+            # Cut into 16-byte pieces at C speed: zip over one iterator 16 times.
+            _pool.extend(map(bytes, zip(*[iter(os.urandom(16 * _BATCH))] * 16, strict=False)))
 
 
 def new_call_id() -> str:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+import operator
 import pickle
+import sys
 import uuid
 from collections.abc import Callable
 from types import BuiltinFunctionType, FunctionType
@@ -81,6 +83,10 @@ def _fields(cls: type, names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...
 
 #: The parts of DSPy's LM history entry that the events keep.
 ENTRY_KEYS = ("usage", "cost", "messages", "outputs", "response_model")
+
+
+_ENTRY_KEY_SET = frozenset(ENTRY_KEYS)
+_entry_values = operator.itemgetter(*ENTRY_KEYS)
 
 
 def _evaluation_outcome(result: Any) -> EvaluationOutcome | None:
@@ -188,11 +194,42 @@ def _moment(value: Any) -> Any:
 
 def _value(value: Any) -> Any:
     """A payload, with its outermost object (typically a ``dspy.Prediction``) reduced."""
+    kind = type(value)
+    if kind in _BUILTIN_VALUES:
+        return value
+    plain_fields = _plain_fields.get(kind)
+    if plain_fields is None:
+        plain_fields = _plain_fields[kind] = _fields_are_plain(kind)
+    if plain_fields:
+        store = value._store
+        if _SCALARS.issuperset(map(type, store.values())):
+            return dict(store)  # what DSPy's toDict() returns for scalar fields
     for _ in range(8):
         if type(value) in _BUILTIN_VALUES:
             return value
         value = portable_step(value)
     return value
+
+
+#: Field values that DSPy's ``Example.toDict()`` returns unchanged.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+#: Per type: whether it is a DSPy ``Example`` (``Prediction``) that keeps ``toDict()``.
+_plain_fields: dict[type, bool] = {}
+
+
+def _fields_are_plain(kind: type) -> bool:
+    """True if ``kind`` is DSPy's Example or a subclass that does not change ``toDict``.
+
+    Such an object's :func:`~commands.payloads.portable_step` is ``toDict()``, which for
+    fields holding scalars is a copy of its ``_store``: :func:`_value` makes that copy
+    directly. Looked up without importing DSPy (the writer process never loads it).
+    """
+    example = getattr(sys.modules.get("dspy.primitives.example"), "Example", None)
+    return (
+        isinstance(example, type)
+        and issubclass(kind, example)
+        and getattr(kind, "toDict", None) is getattr(example, "toDict", None)
+    )
 
 
 def _node_tuple(node: CallNode) -> tuple[Any, ...]:
@@ -213,7 +250,10 @@ def _node(data: tuple[Any, ...]) -> CallNode:
 def _call_tuple(call: ModelCallDraft) -> tuple[Any, ...]:
     entry = call.entry
     if entry is not None:
-        entry = {key: entry[key] for key in ENTRY_KEYS if key in entry}
+        if entry.keys() >= _ENTRY_KEY_SET:  # as DSPy makes it: every key there
+            entry = dict(zip(ENTRY_KEYS, _entry_values(entry), strict=True))
+        else:
+            entry = {key: entry[key] for key in ENTRY_KEYS if key in entry}
     return (call.call_id, call.parent_call_id, call.model, call.provider, call.request,
             call.dropped_params, call.inputs, entry, call.cache_hit, call.latency_ms,
             _instant(call.occurred_at), _recorded(call.error), _value(call.outputs), call.secrets,

@@ -177,14 +177,16 @@ class ProcessWriter:
             raise RecordingError(msg, pending=1)
         self._own_process()
         with self._pipe_lock:
-            with self._cond:
-                self._submitted += 1
+            # Both counters change only under the pipe lock; the condition is not taken
+            # here (a lock round trip per prediction): readers under it see whole values,
+            # and the receiver pops a draft only after the writer process has committed
+            # it, which is after it is appended and written below.
+            self._submitted += 1
             if self._fallback is not None:
                 self._fallback.submit(draft)
                 return
             body = encode_draft(draft, self._versions)
-            with self._cond:
-                self._unacknowledged.append(body)
+            self._unacknowledged.append(body)
             try:
                 self._write(frame(DRAFTS, body))
             except OSError:

@@ -39,7 +39,7 @@ from commands.drafts import (
 from commands.ids import new_uuid
 from commands.payloads import to_json
 from commands.program_state import dataset_of, inputs_digest, version_of
-from commands.secrets import secret_values, split_secrets
+from commands.secrets import split_request, split_secrets
 from commands.telemetry import Telemetry
 from commands.tracing import current_trace_ids
 from ledger.errors import GovernanceError
@@ -49,7 +49,7 @@ logger = logging.getLogger("dspy_ledger")
 Sink = Callable[[object], None]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Active:
     """What the recorder knows about a call that has started and not yet ended."""
 
@@ -259,10 +259,9 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             "started_at": datetime.now(UTC),
             "previous": lm_capture.current_slot.get(),
         }
-        active_slot = dict(slot)
         self._active[call_id] = active
-        lm_capture.current_slot.set(active_slot)
-        node.detail["slot"] = active_slot
+        lm_capture.current_slot.set(slot)
+        node.detail["slot"] = slot
         if active.traced:
             own = active.prediction if active.standalone else None  # the LM call is the prediction
             self.telemetry.lm_started(call_id, ACTIVE_CALL_ID.get(), instance, inputs, own)
@@ -299,11 +298,10 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         try:
             lm = slot.get("lm")
             model = node.name
-            params = {**dict(getattr(lm, "kwargs", {}) or {})}
+            params = dict(getattr(lm, "kwargs", None) or {})
             call_inputs = dict(slot.get("inputs") or {})
             params.update(call_inputs.pop("kwargs", {}) or {})
-            secrets = secret_values(params)
-            request, dropped = split_secrets(params)
+            request, dropped, secrets = split_request(params)
             provider = model.split("/", 1)[0] if "/" in model else type(lm).__name__
             draft.model_calls.append(
                 ModelCallDraft(

@@ -52,6 +52,33 @@ def split_secrets(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return kept, dropped
 
 
+def split_request(params: dict[str, Any]) -> tuple[dict[str, Any], list[str], frozenset[str]]:
+    """:func:`split_secrets` and :func:`secret_values` of an LM call's parameters at once.
+
+    Runs on every LM call, whose parameters are nearly always the same few names with
+    plain values: when none of the names needs a look (remembered per set of names) and
+    no value is a dict, the parameters are kept as they are, without a Python loop.
+    """
+    names = tuple(params)
+    plain = _plain_names.get(names)
+    if plain is None:
+        plain = not any(
+            not isinstance(name, str) or is_secret_name(name) or name.endswith("api_base")
+            for name in names
+        )
+        if len(_plain_names) < _MAX_REMEMBERED:
+            _plain_names[names] = plain
+    if plain and not any(issubclass(kind, dict) for kind in set(map(type, params.values()))):
+        return dict(params), [], _NO_SECRETS
+    kept, dropped = split_secrets(params)
+    return kept, dropped, secret_values(params)
+
+
+# Sets of parameter names that hold no secret and no URL to clean (see split_request).
+_plain_names: dict[tuple[Any, ...], bool] = {}
+_NO_SECRETS: frozenset[str] = frozenset()
+
+
 def strip_url_credentials(url: str) -> str:
     """Remove a ``user:password@`` part from a URL."""
     try:

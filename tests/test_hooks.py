@@ -189,7 +189,7 @@ def test_a_failure_inside_the_recorder_is_counted_and_the_program_carries_on(
         assert program(question="1").answer == "a"
         monkeypatch.undo()
         # A failure when an LM call ends: the prediction is recorded without it.
-        monkeypatch.setattr(recorder_module, "split_secrets", broken)
+        monkeypatch.setattr(recorder_module, "split_request", broken)
         assert program(question="2").answer == "a"
         monkeypatch.undo()
         assert program(question="3").answer == "a"

@@ -64,10 +64,20 @@ class FrozenTag:
     name: str
 
 
+class ShoutedPrediction(dspy.Prediction):
+    """A Prediction whose plain form is not its fields' (toDict overridden)."""
+
+    def toDict(self) -> dict[str, Any]:  # noqa: N802 - DSPy's name
+        return {key.upper(): value for key, value in self._store.items()}
+
+
 def _exotic_values() -> list[Any]:
     prediction = dspy.Prediction(answer="4", reasoning="sk-" + "a" * 30)
     return [
         prediction,
+        dspy.Example(question="q", count=3, ratio=0.5, flag=True, missing=None),
+        dspy.Prediction(answer="4", steps=["a", prediction], when=dt.datetime(2026, 1, 2)),
+        ShoutedPrediction(answer="4"),
         {"nested": [prediction, (1, 2), {3: "three"}], "when": dt.datetime(2026, 1, 2, 3, 4)},
         {"set": {3, 1, 2}, "bytes": b"\x00\x01", "nan": math.nan, "inf": -math.inf},
         {"enum": Colour.RED, "int enum": Size.LARGE, "path": PurePosixPath("/a/b")},
