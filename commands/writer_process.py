@@ -5,7 +5,9 @@ frames (:mod:`commands.writer_protocol`) from its standard input and group-commi
 drafts with the same handler and retry loop an in-process ledger uses, reporting its
 counters on standard output after every commit. Turning drafts into events (payload
 conversion, redaction, encryption, JSON) is most of the cost of recording; here it runs
-on another core, beside the program rather than inside it.
+on another core, beside the program rather than inside it. The cyclic garbage
+collector is paused while drafts are decoded and while a batch is built and committed
+(:mod:`ledger.collector`): it cost a third of the writer's CPU.
 
 One thread does everything: it reads whatever the pipe holds, and commits a batch when
 :data:`MAX_BATCH` drafts are waiting, when the first of them has waited
@@ -25,6 +27,7 @@ the program already recorded.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -46,6 +49,7 @@ from commands.writer_protocol import (
     loads,
     split_frames,
 )
+from ledger.collector import collector_paused
 
 if TYPE_CHECKING:  # imported at run time only once the configuration has arrived
     from commands.writer import WriterStats
@@ -124,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     handler.redactors = build_redactors(config.redactors)
     status = _Status(out)
     stats = WriterStats()
+    # What start-up loaded (modules, the store, the handler) lives as long as the
+    # process: the collector's full passes need not walk it again and again.
+    gc.freeze()
     status.report(stats)  # ready: the store is open
     versions: dict[UUID, VersionDraft] = {}  # program versions sent once, named after
     parent = os.getppid()
@@ -171,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             elif kind == FLUSH:
                 flush_asked = True
 
-    take(frames[1:])
+    with collector_paused():
+        take(frames[1:])
     try:
         while True:
             if not ended:
@@ -193,14 +201,16 @@ def main(argv: list[str] | None = None) -> int:
                     chunk = os.read(fd, _READ_BYTES)
                     if chunk:
                         buffer += chunk
-                        take(split_frames(buffer))
+                        with collector_paused():  # decoding makes thousands of objects
+                            take(split_frames(buffer))
                     else:
                         ended = True
             due = ended or flush_asked or len(pending) >= MAX_BATCH
             if pending and (due or time.monotonic() >= deadline):
                 batch = pending[:MAX_BATCH]
                 del pending[:MAX_BATCH]
-                unbuildable = commit_with_retry(handler, batch, stats, give_up=give_up)
+                with collector_paused():  # see ledger.collector: a third of the CPU
+                    unbuildable = commit_with_retry(handler, batch, stats, give_up=give_up)
                 if unbuildable is None:
                     lost = len(batch) + len(pending)
                     logger.error("%d recorded call(s) could not be written; giving up.", lost)

@@ -7,11 +7,9 @@ LISTEN/NOTIFY subscription on PostgreSQL.
 
 from __future__ import annotations
 
-import gc
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from eventsourcing.persistence import Notification, Tracking
@@ -19,6 +17,7 @@ from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger.application import LedgerApplication, setup_lock
+from ledger.collector import collector_paused
 from projections.accuracy import PostgresAccuracyView, SQLiteAccuracyView
 from projections.audit import PostgresAuditView, SQLiteAuditView
 from projections.base import ViewItem, ViewRecorder
@@ -90,41 +89,6 @@ def open_memory_view(app: LedgerApplication, name: str) -> ViewProjection:
     view: ViewRecorder = VIEW_CLASSES[name][0](datastore=datastore)
     view.create_table()
     return ViewProjection(view, app)
-
-
-class _CollectorPause:
-    """Pauses Python's cyclic garbage collector while views process batches.
-
-    A batch allocates tens of thousands of short-lived tuples and dicts, none in a
-    reference cycle; each allocation burst makes the collector walk the young objects,
-    and every so often the whole heap (DSPy's modules included): about a third of a
-    rebuild's CPU time. Reference counting still frees everything as it goes. Nested
-    and concurrent pauses (views caught up on several threads) share one pause, and
-    the collector is enabled again only if it was enabled when the first began.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._reenable = False
-
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self._lock:
-            if self._depth == 0:
-                self._reenable = gc.isenabled()
-                gc.disable()
-            self._depth += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._depth -= 1
-                if self._depth == 0 and self._reenable:
-                    gc.enable()
-
-
-collector_paused = _CollectorPause()
 
 
 def catch_up(

@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 
 import dspy_ledger
 from dspy_ledger import views
+from ledger.collector import collector_paused
 from ledger.domain import Prediction
 from ledger.errors import InvalidInputError, StreamNotFoundError
 from projections.runner import (
     VIEW_CLASSES,
     VIEW_NAMES,
     catch_up,
-    collector_paused,
     open_memory_view,
     open_view,
     rebuild,
