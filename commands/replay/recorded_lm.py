@@ -17,12 +17,13 @@ from __future__ import annotations
 import difflib
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from dspy.clients.base_lm import BaseLM
-from dspy.lm15 import Message, Response, TextPart, ThinkingPart, Usage, response_to_events
+from dspy.clients.engines.dummy_engine import AsyncDummyEngine, DummyEngine
+from dspy.lm15 import Message, Response, TextPart, ThinkingPart, Usage
 
 from ledger.hashing import canonical_json, digest
 
@@ -53,12 +54,24 @@ class RecordedCalls:
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def next_answer(self, messages: list[dict[str, Any]]) -> _Served:
-        """The recorded answer to these messages, or a noted divergence."""
+    def next_answer(
+        self,
+        messages: list[dict[str, Any]],
+        recorded_form: Callable[[list[dict[str, Any]]], Any] | None = None,
+    ) -> _Served:
+        """The recorded answer to these messages, or a noted divergence.
+
+        ``recorded_form`` gives the messages as DSPy would have recorded them, tried
+        when the messages as given match no recorded call.
+        """
         with self.lock:
             index = self.requests
             self.requests += 1
             queue = self.answers.get(messages_key(messages))
+            if not queue and recorded_form is not None:
+                converted = recorded_form(messages)
+                if converted is not None:
+                    queue = self.answers.get(messages_key(converted))
             if queue:
                 return queue.popleft()
             divergence = {
@@ -215,48 +228,39 @@ def _response(served: _Served) -> Response:
     )
 
 
-def _request_messages(request: Any) -> list[dict[str, Any]]:
-    from dspy.clients.lm15_boundary import history_messages
+def _canonical_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The messages as DSPy's canonical request records them (None if they do not convert).
 
+    A request's messages arrive as the caller wrote them; a recorded call's were kept as
+    DSPy recorded them, which for a native LM is its canonical request's display form.
+    Text messages read the same in both; other content (images, files) may not.
+    """
+    from dspy.clients.lm15_boundary import history_messages
+    from dspy.lm15 import request_from_openai_chat
+
+    try:
+        request = request_from_openai_chat({"model": RECORDED_MODEL, "messages": messages})
+    except Exception:
+        return None
     return list(history_messages(request))
 
 
-class RecordedEngine:
-    """A DSPy engine (``complete(Request) -> Response``) serving recorded answers."""
+class RecordedEngine(DummyEngine):  # type: ignore[misc]
+    """A DSPy engine serving recorded answers, on the same route as ``DummyLM``'s.
 
-    def complete(self, request: Any) -> Response:
-        """Answer from the record of the prediction being replayed here."""
+    DSPy hands a ``DummyEngine`` the caller's messages as they are (no conversion to a
+    canonical request and back), so serving from the record costs less than
+    ``DummyLM``'s scripted answers do. Only :meth:`_complete_messages` differs: it
+    answers from the record of the prediction being replayed here, matching the
+    messages by content.
+    """
+
+    def _complete_messages(self, messages: list[dict[str, Any]]) -> Response:
         record = active_record()
         if record is None:
             msg = "The replay LM was called outside a replayed prediction; it has no record."
             raise ReplayDivergenceError(msg)
-        return _response(record.next_answer(_request_messages(request)))
-
-    def stream(self, request: Any) -> Any:
-        """Streaming callers get the recorded answer as one stream of events."""
-        return response_to_events(self.complete(request))
-
-    def close(self) -> None:
-        """Nothing to release: no connection is ever opened."""
-
-
-class AsyncRecordedEngine:
-    """The async counterpart of :class:`RecordedEngine`."""
-
-    def __init__(self, sync: RecordedEngine) -> None:
-        self.sync = sync
-
-    async def complete(self, request: Any) -> Response:
-        """Answer from the record (no I/O, so no await needed inside)."""
-        return self.sync.complete(request)
-
-    async def stream(self, request: Any) -> AsyncIterator[Any]:
-        """Yield the recorded answer's stream events."""
-        for event in self.sync.stream(request):
-            yield event
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
+        return _response(record.next_answer(messages, _canonical_messages))
 
 
 class RecordedAnswersLM(BaseLM):  # type: ignore[misc]
@@ -275,8 +279,8 @@ class RecordedAnswersLM(BaseLM):  # type: ignore[misc]
             cache=False,
             num_retries=0,
         )
-        engine = RecordedEngine()
+        engine = RecordedEngine(self)
         self._engine_spec = engine
-        self._async_engine_spec = AsyncRecordedEngine(engine)
+        self._async_engine_spec = AsyncDummyEngine(engine)
         # Every request must be answered by the record, never by DSPy's cache.
         self._cache_responses = False

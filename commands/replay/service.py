@@ -18,12 +18,14 @@ from commands.replay.judging import (
     model_totals,
     score,
 )
+from commands.replay.memory import collector_paused, frozen_while_running
 from commands.replay.planning import ProgramBuilder, ReplayOptions, live_lm, metric_callable
 from commands.replay.programs import ProgramLoadError
 from commands.replay.recorded_lm import RecordedAnswersLM, recorded_calls
-from commands.replay.report import PredictionResult, ReplayReport, summarize
+from commands.replay.report import PredictionResult, ReplayReport, ReplayTotals, summarize
 from commands.replay.runner import Job, Outcome, is_async_program, run_jobs
 from commands.replay.selection import (
+    MadePrediction,
     RecordedPrediction,
     load_prediction,
     predictions_made,
@@ -126,24 +128,23 @@ def run_replay(
     metric, metric_name = metric_callable(options.metric)
     builder = ProgramBuilder(app, options)
     lm = RecordedAnswersLM() if options.mode == "recorded" else live_lm(options.lm)
-    predictions, unknown = _chosen(app, options)
     replay_id = uuid.uuid4()
-    context = f"replay:{replay_id}"
     started = time.perf_counter()
-    replay = Replay.start(
-        replay_id=replay_id,
-        mode=options.mode,
-        program=options.program or "(recorded module path)",
-        lm=options.lm_name(),
-        program_version=options.program_version,
-        metric=metric_name,
-        selection=options.selection.describe(),
-        prediction_ids=[str(p.prediction_id) for p in predictions],
-        actor=actor,
-    )
-    app.save_aggregates(replay)
-    first_position = app.last_position() + 1
-
+    with collector_paused():  # reading the record makes no cycles; see .memory
+        predictions, unknown = _chosen(app, options)
+        replay = Replay.start(
+            replay_id=replay_id,
+            mode=options.mode,
+            program=options.program or "(recorded module path)",
+            lm=options.lm_name(),
+            program_version=options.program_version,
+            metric=metric_name,
+            selection=options.selection.describe(),
+            prediction_ids=[str(p.prediction_id) for p in predictions],
+            actor=actor,
+        )
+        app.save_aggregates(replay)
+        first_position = app.last_position() + 1
     total, done = len(predictions) + len(unknown), [len(unknown)]
 
     def tick() -> None:
@@ -153,28 +154,81 @@ def run_replay(
 
     if progress is not None:
         progress(done[0], total)
-    jobs, load_errors = _jobs(predictions, builder, options.mode == "recorded")
+    with collector_paused():
+        jobs, load_errors = _jobs(predictions, builder, options.mode == "recorded")
     for _ in load_errors:
         tick()
-    outcomes = {o.index: o for o in _run(jobs, options, lm, context, tick)} if jobs else {}
+    outcomes: dict[int, Outcome] = {}
+    if jobs:
+        with frozen_while_running():
+            ran = _run(jobs, options, lm, f"replay:{replay_id}", tick)
+        outcomes = {outcome.index: outcome for outcome in ran}
     flush()
-    call_ids = {outcome.call_id for outcome in outcomes.values() if outcome.call_id}
-    replayed = predictions_made(app, call_ids, start=first_position)
-    labels = label_index(app) if metric is not None else {}
+    with collector_paused():
+        call_ids = {outcome.call_id for outcome in outcomes.values() if outcome.call_id}
+        replayed = predictions_made(app, call_ids, start=first_position)
+        results, by_model = _judged(predictions, outcomes, load_errors, replayed)
+    if metric is not None:
+        _score_all(app, metric, predictions, outcomes, results)
+    results.extend(unknown)
+    totals = summarize(results, model_totals(by_model))
+    with collector_paused():
+        _record_results(app, replay, results, totals, actor=actor, started=started)
+    return ReplayReport(
+        replay_id=str(replay_id),
+        mode=options.mode,
+        program=options.program or "(recorded module path)",
+        lm=options.lm_name(),
+        program_version=options.program_version,
+        metric=metric_name,
+        results=results,
+        totals=totals,
+    )
+
+
+def _judged(
+    predictions: list[RecordedPrediction],
+    outcomes: dict[int, Outcome],
+    load_errors: dict[int, str],
+    replayed: dict[str, MadePrediction],
+) -> tuple[list[PredictionResult], dict[str, ModelSums]]:
+    """Each chosen prediction's verdict, and the LM calls before and after by model."""
     by_model: dict[str, ModelSums] = {}
     results = []
     for index, recorded in enumerate(predictions):
         if index in load_errors:
             result = failed_result(str(recorded.prediction_id), load_errors[index], recorded.status)
-            results.append(result)
-            continue
-        outcome = outcomes[index]
-        result = judge(recorded, outcome, replayed.get(outcome.call_id or ""), by_model)
-        if metric is not None:
-            _score(result, recorded, outcome, metric, labels)
+        else:
+            outcome = outcomes[index]
+            result = judge(recorded, outcome, replayed.get(outcome.call_id or ""), by_model)
         results.append(result)
-    results.extend(unknown)
-    totals = summarize(results, model_totals(by_model))
+    return results, by_model
+
+
+def _score_all(
+    app: LedgerApplication,
+    metric: Any,
+    predictions: list[RecordedPrediction],
+    outcomes: dict[int, Outcome],
+    results: list[PredictionResult],
+) -> None:
+    """The metric before and after, for each prediction that ran."""
+    labels = label_index(app)
+    for index, recorded in enumerate(predictions):
+        if index in outcomes:
+            _score(results[index], recorded, outcomes[index], metric, labels)
+
+
+def _record_results(
+    app: LedgerApplication,
+    replay: Replay,
+    results: list[PredictionResult],
+    totals: ReplayTotals,
+    *,
+    actor: str,
+    started: float,
+) -> None:
+    """Record one ``PredictionReplayed`` per result and ``ReplayCompleted``, in one write."""
     for result in results:
         replay.record_result(
             original_prediction_id=result.original_prediction_id,
@@ -191,13 +245,3 @@ def run_replay(
         actor=actor,
     )
     app.save_aggregates(replay)
-    return ReplayReport(
-        replay_id=str(replay_id),
-        mode=options.mode,
-        program=options.program or "(recorded module path)",
-        lm=options.lm_name(),
-        program_version=options.program_version,
-        metric=metric_name,
-        results=results,
-        totals=totals,
-    )
