@@ -78,3 +78,15 @@ class ParallelQA(dspy.Module):  # type: ignore[misc]
         parallel = dspy.Parallel(num_threads=3, disable_progress_bar=True)
         results = parallel([(self.answer, {"question": q}) for q in questions])
         return dspy.Prediction(answers=[result.answer for result in results])
+
+
+class DescribeImage(dspy.Signature):  # type: ignore[misc]
+    """Describe the picture."""
+
+    image: dspy.Image = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+def build_image_describer() -> dspy.Module:
+    """A program whose prompts hold an image (content parts, not plain text)."""
+    return dspy.Predict(DescribeImage)

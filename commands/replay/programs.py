@@ -86,7 +86,10 @@ def check_state_fits(program: Any, version: RecordedVersion) -> None:
         raise ProgramLoadError(msg)
     for name, predictor in program.named_predictors():
         fields = list(predictor.signature.fields)
-        saved = (recorded.get(name) or {}).get("signature", {}).get("fields") or []
+        # A program that is itself a predictor (a bare dspy.Predict) is named "self",
+        # and its state is the predictor's own, not keyed by a name.
+        own = recorded if name == "self" else recorded.get(name)
+        saved = (own or {}).get("signature", {}).get("fields") or []
         if len(saved) != len(fields):
             msg = (
                 f"Version {short}: predictor {name!r} was recorded with {len(saved)} fields "

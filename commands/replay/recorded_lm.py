@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,24 +54,12 @@ class RecordedCalls:
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def next_answer(
-        self,
-        messages: list[dict[str, Any]],
-        recorded_form: Callable[[list[dict[str, Any]]], Any] | None = None,
-    ) -> _Served:
-        """The recorded answer to these messages, or a noted divergence.
-
-        ``recorded_form`` gives the messages as DSPy would have recorded them, tried
-        when the messages as given match no recorded call.
-        """
+    def next_answer(self, messages: list[dict[str, Any]]) -> _Served:
+        """The recorded answer to these messages, or a noted divergence."""
         with self.lock:
             index = self.requests
             self.requests += 1
             queue = self.answers.get(messages_key(messages))
-            if not queue and recorded_form is not None:
-                converted = recorded_form(messages)
-                if converted is not None:
-                    queue = self.answers.get(messages_key(converted))
             if queue:
                 return queue.popleft()
             divergence = {
@@ -228,39 +216,28 @@ def _response(served: _Served) -> Response:
     )
 
 
-def _canonical_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """The messages as DSPy's canonical request records them (None if they do not convert).
-
-    A request's messages arrive as the caller wrote them; a recorded call's were kept as
-    DSPy recorded them, which for a native LM is its canonical request's display form.
-    Text messages read the same in both; other content (images, files) may not.
-    """
-    from dspy.clients.lm15_boundary import history_messages
-    from dspy.lm15 import request_from_openai_chat
-
-    try:
-        request = request_from_openai_chat({"model": RECORDED_MODEL, "messages": messages})
-    except Exception:
-        return None
-    return list(history_messages(request))
-
-
 class RecordedEngine(DummyEngine):  # type: ignore[misc]
     """A DSPy engine serving recorded answers, on the same route as ``DummyLM``'s.
 
-    DSPy hands a ``DummyEngine`` the caller's messages as they are (no conversion to a
-    canonical request and back), so serving from the record costs less than
-    ``DummyLM``'s scripted answers do. Only :meth:`_complete_messages` differs: it
-    answers from the record of the prediction being replayed here, matching the
-    messages by content.
+    DSPy hands a ``DummyEngine`` an adapter's messages as they are, with no canonical
+    request built from them, so serving from the record costs less than ``DummyLM``'s
+    scripted answers do. The messages are matched as DSPy recorded them: as written for
+    such calls, and in a canonical request's display form when the caller passed a
+    ``dspy.lm15.Request``.
     """
+
+    def complete(self, request: Any) -> Response:
+        """Answer a canonical request (the caller passed a ``Request``)."""
+        from dspy.clients.lm15_boundary import history_messages
+
+        return self._complete_messages(list(history_messages(request)))
 
     def _complete_messages(self, messages: list[dict[str, Any]]) -> Response:
         record = active_record()
         if record is None:
             msg = "The replay LM was called outside a replayed prediction; it has no record."
             raise ReplayDivergenceError(msg)
-        return _response(record.next_answer(messages, _canonical_messages))
+        return _response(record.next_answer(messages))
 
 
 class RecordedAnswersLM(BaseLM):  # type: ignore[misc]
