@@ -349,9 +349,16 @@ def test_cli_exit_code_says_whether_everything_matched(demo_file: Path, tmp_path
     db = ["--db", f"sqlite:///{copy}"]
     same = cli("replay", *db, "--program", DEMO, "--json")
     assert same.returncode == 0, same.stderr
-    assert json.loads(same.stdout)["totals"]["exact_match_rate"] == 1.0
+    report = json.loads(same.stdout)
+    assert report["totals"]["exact_match_rate"] == 1.0
     with dspy_ledger.open(f"sqlite:///{copy}") as ledger:
         baseline = next(e for e in ledger.events() if e.type == "EvaluationStarted")
+        # The command records asynchronously; once it has reported, every prediction it
+        # made is committed, and the verdicts name them.
+        made = [r["replay_prediction_id"] for r in report["results"]]
+        assert len(made) == PRODUCTION and all(made)
+        assert all(ledger.stream(made_id)[-1].type.startswith("Prediction") for made_id in made)
+        assert ledger.stream(report["replay_id"])[-1].type == "ReplayCompleted"
     changed = cli(
         "replay", *db, "--program", "tests.replay_programs:build_reworded",
         "--program-version", "current", "--context", "any",

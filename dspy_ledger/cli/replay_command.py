@@ -111,7 +111,9 @@ def replay(  # noqa: PLR0917 - typer reads options from parameters
     logging.getLogger("dspy").setLevel(logging.CRITICAL)
     window = (_time(since, "--since"), _time(until, "--until"))
     live = _live_lm(lm, lm_api_base)
-    ledger = Ledger(db, create=False)
+    # The replay's predictions are group-committed by the writer: the replay waits for
+    # all of them to be committed before it records its verdicts and reports.
+    ledger = Ledger(db, create=False, durability="async")
     try:
         with (
             contextlib.redirect_stdout(sys.stderr),
