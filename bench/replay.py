@@ -13,7 +13,10 @@ would otherwise land in whichever timed run comes next), and the medians are rep
 the bare program; the same program recorded by the ledger (async writer, until
 committed); and a recorded replay of the same number of recorded predictions. Each
 recorded run and each replay gets a fresh copy of the same recorded ledger, so every
-round replays against the same record. The gap between replay and bare splits into two
+round replays against the same record. Both open the copy with ``durability="async"``
+(what ``dspy-ledger replay`` uses): the writer process group-commits the replay's
+predictions, the replay waits for them before it reads back what it made, and its own
+``ReplayStarted`` and verdicts are two direct commits of its own, at the start and end. The gap between replay and bare splits into two
 parts, both reported per prediction: recording (recorded minus bare) and the replay's
 own work (replay minus recorded: choosing and reading the record, serving it, judging,
 reading back what the writer added, recording the verdicts).
@@ -164,7 +167,7 @@ def run(quick: bool) -> list[Row]:
         row(SECTION, "bare program against DummyLM (no ledger)", count / bare, "predictions/s"),
         row(
             SECTION,
-            "recorded replay (served from the record, replay recorded)",
+            "recorded replay (served from the record, replay recorded, async)",
             count / replay_s,
             "predictions/s",
             baseline=count / bare,
