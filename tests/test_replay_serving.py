@@ -142,3 +142,55 @@ def test_a_replay_leaves_objects_someone_else_froze_frozen(
         assert frozen * 0.9 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "[[ ## answer ## ]]\nParis",
+        None,
+        {"text": "Paris"},
+        {"text": "Paris", "reasoning_content": "The capital of France."},
+        {"text": None, "reasoning_content": ""},
+    ],
+)
+def test_an_answer_served_directly_is_what_dspys_route_makes_of_it(output: Any) -> None:
+    from dspy.clients.call_result import CallResult
+
+    from commands.replay.recorded_lm import _response, served_output
+
+    [served] = _record(WITH_IMAGE, output).answers.popitem()[1]
+    assert served_output(served) == CallResult.native(_response(served)).outputs[0]
+
+
+def _replayed_lm_calls(ledger: dspy_ledger.Ledger, replay_id: str) -> list[dict[str, Any]]:
+    made = {
+        e.stream_id
+        for e in ledger.events()
+        if e.type == "PredictionStarted" and e.data["context"] == f"replay:{replay_id}"
+    }
+    keep = ("model", "messages", "outputs", "usage", "cost_usd", "response_model", "error")
+    calls = [e.data for e in ledger.events() if e.type == "ModelExecuted" and e.stream_id in made]
+    return [{key: call[key] for key in keep} for call in calls]
+
+
+def test_answers_served_directly_are_recorded_as_dspys_route_records_them(
+    recorded_ledger: dspy_ledger.Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_route(*_: Any) -> Any:
+        raise AssertionError("answered through DSPy's route")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("commands.replay.recorded_lm._DSPY_CALL", no_route)
+        direct = recorded_ledger.replay(PROGRAM)
+    monkeypatch.setattr("commands.replay.recorded_lm._direct_answer", lambda *_: None)
+    routed = recorded_ledger.replay(PROGRAM)
+    assert direct.totals.identical == routed.totals.identical == 3
+    served = _replayed_lm_calls(recorded_ledger, direct.replay_id)
+    assert served == _replayed_lm_calls(recorded_ledger, routed.replay_id)
+    assert [call["model"] for call in served] == [RECORDED_MODEL] * 3
+    assert {call["response_model"] for call in served} == {"dummy"}
+    assert all(call["cost_usd"] is None and call["error"] is None for call in served)
+    assert all(
+        not any(call["usage"].get(k) for k in ("prompt_tokens", "total_tokens")) for call in served
+    )

@@ -24,6 +24,7 @@ from typing import Any
 from dspy.clients.base_lm import BaseLM
 from dspy.clients.engines.dummy_engine import AsyncDummyEngine, DummyEngine
 from dspy.lm15 import Message, Response, TextPart, ThinkingPart, Usage
+from dspy.utils.callback import with_callbacks
 
 from ledger.hashing import canonical_json, digest
 
@@ -70,6 +71,19 @@ class RecordedCalls:
             }
             self.divergences.append(divergence)
         raise ReplayDivergenceError(divergence["message"])
+
+    def take_answer(self, messages: list[dict[str, Any]]) -> _Served | None:
+        """The recorded answer to these messages if the recorded call succeeded, taken.
+
+        None (nothing taken) when there is no answer or the recorded call failed: DSPy's
+        own route then serves it through :meth:`next_answer`, raising as DSPy raises.
+        """
+        with self.lock:
+            queue = self.answers.get(messages_key(messages))
+            if not queue or queue[0].call.get("error") is not None:
+                return None
+            self.requests += 1
+            return queue.popleft()
 
     def next_tool_result(self, name: str, arguments: Any) -> dict[str, Any]:
         """The recorded result of this tool call, or a noted divergence."""
@@ -195,6 +209,23 @@ def recorded_error(error: dict[str, Any]) -> Exception:
     return error_class(str(error.get("message") or name))
 
 
+def _model_of(call: dict[str, Any]) -> str:
+    return str(call.get("response_model") or call.get("model") or RECORDED_MODEL)
+
+
+def served_output(served: _Served) -> Any:
+    """One output as DSPy hands it to an adapter: the text, or a dict with the reasoning.
+
+    The same as DSPy makes of :func:`_response`'s answer (``CallResult.native``).
+    """
+    output = served.output
+    if not isinstance(output, dict):
+        return "" if output is None else str(output)
+    text = str(output.get("text") or "")
+    reasoning = str(output.get("reasoning_content") or "")
+    return {"text": text, "reasoning_content": reasoning} if reasoning else text
+
+
 def _response(served: _Served) -> Response:
     call, output = served.call, served.output
     if call.get("error") is not None:
@@ -208,7 +239,7 @@ def _response(served: _Served) -> Response:
         parts.append(TextPart("" if output is None else str(output)))
     return Response(
         id=None,
-        model=str(call.get("response_model") or call.get("model") or RECORDED_MODEL),
+        model=_model_of(call),
         message=Message.assistant(parts),
         finish_reason="stop",
         # The record answered: no tokens were spent, so the cost views count none.
@@ -261,3 +292,82 @@ class RecordedAnswersLM(BaseLM):  # type: ignore[misc]
         self._async_engine_spec = AsyncDummyEngine(engine)
         # Every request must be answered by the record, never by DSPy's cache.
         self._cache_responses = False
+
+    # An adapter's call whose record holds a successful answer is answered here, inside
+    # DSPy's callbacks (so the call is recorded as any LM call is) but without DSPy's
+    # request preparation and execution, which cost more than the rest of the answer.
+    # The history entry is the one DSPy's finalization writes. Anything else (a prompt or
+    # a Request, streaming, n > 1, logprobs, a recorded failure, a divergence) takes
+    # DSPy's own route through the engine.
+
+    @with_callbacks  # type: ignore[untyped-decorator]
+    def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        """Answer from the record (see :class:`RecordedEngine` for the full route)."""
+        served = _direct_answer(prompt, messages, kwargs)
+        if served is None:
+            return _DSPY_CALL(self, prompt, messages=messages, **kwargs)
+        return self._answered(served, messages, kwargs)
+
+    @with_callbacks  # type: ignore[untyped-decorator]
+    async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        """The async counterpart of :meth:`__call__` (the record needs no I/O)."""
+        served = _direct_answer(prompt, messages, kwargs)
+        if served is None:
+            return await _DSPY_ACALL(self, prompt, messages=messages, **kwargs)
+        return self._answered(served, messages, kwargs)
+
+    def _answered(self, served: _Served, messages: Any, kwargs: dict[str, Any]) -> list[Any]:
+        import datetime
+        import uuid
+
+        from dspy.dsp.utils.settings import settings
+
+        outputs = [served_output(served)]
+        usage = dict(NO_USAGE)
+        if settings.usage_tracker:
+            settings.usage_tracker.add_usage(self.model, usage)
+        if not settings.disable_history:
+            self.update_history(
+                {
+                    "prompt": None,
+                    "messages": messages,
+                    "kwargs": {k: v for k, v in kwargs.items() if not k.startswith("api_")},
+                    "response": None,
+                    "outputs": outputs,
+                    "usage": usage,
+                    "cost": None,
+                    "timestamp": datetime.datetime.now().isoformat(),
+                    "uuid": str(uuid.uuid4()),
+                    "model": self.model,
+                    "response_model": _model_of(served.call),
+                    "model_type": self.model_type,
+                }
+            )
+        return outputs
+
+
+#: The usage DSPy reports for an answer that spent no tokens (``usage_dict`` of it).
+NO_USAGE: dict[str, Any] = {
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "total_tokens": 0,
+    "prompt_tokens_details": None,
+    "completion_tokens_details": None,
+}
+
+#: ``BaseLM.__call__`` and ``acall`` without their callback wrappers: the replay LM's own
+#: methods are wrapped already, and the call must be recorded once.
+_DSPY_CALL = BaseLM.__call__.__wrapped__
+_DSPY_ACALL = BaseLM.acall.__wrapped__
+
+
+def _direct_answer(prompt: Any, messages: Any, kwargs: dict[str, Any]) -> _Served | None:
+    """The recorded answer to an adapter's plain call, taken; None: DSPy's route serves it."""
+    from dspy.dsp.utils.settings import settings
+
+    if prompt is not None or type(messages) is not list or settings.send_stream is not None:
+        return None
+    if kwargs.get("n", 1) != 1 or kwargs.get("logprobs") or "request" in kwargs:
+        return None
+    record = active_record()
+    return None if record is None else record.take_answer(messages)
