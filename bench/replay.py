@@ -16,10 +16,11 @@ recorded run and each replay gets a fresh copy of the same recorded ledger, so e
 round replays against the same record. Both open the copy with ``durability="async"``
 (what ``dspy-ledger replay`` uses): the writer process group-commits the replay's
 predictions, the replay waits for them before it reads back what it made, and its own
-``ReplayStarted`` and verdicts are two direct commits of its own, at the start and end. The gap between replay and bare splits into two
-parts, both reported per prediction: recording (recorded minus bare) and the replay's
-own work (replay minus recorded: choosing and reading the record, serving it, judging,
-reading back what the writer added, recording the verdicts).
+``ReplayStarted`` and verdicts are two direct commits of its own, at the start and end.
+The gap between replay and bare splits into two parts, both reported per prediction:
+recording (recorded minus bare) and the replay's own work (replay minus recorded:
+choosing and reading the record, serving it, judging, reading back what the writer
+added, recording the verdicts).
 
     python -m bench.replay [--quick]
 """
