@@ -26,16 +26,14 @@ def recorded_failure(error: BaseException) -> tuple[str, str]:
 
 
 def judge(
-    recorded: RecordedPrediction,
-    outcome: Outcome,
-    replayed: MadePrediction | None,
-    by_model: dict[str, ModelSums],
+    recorded: RecordedPrediction, outcome: Outcome, by_model: dict[str, ModelSums]
 ) -> PredictionResult:
-    """The verdict on one replayed prediction, with its cost and latency before and after.
+    """The verdict on one replayed prediction, with its recorded cost and latency.
 
-    ``replayed`` is the replay's own recorded prediction (None if none was recorded);
-    the LM calls of both are added to ``by_model``. The result is built in one go: a
-    pydantic model costs more to change field by field than to build.
+    Needs nothing the writer has yet to commit, so it runs while the writer catches up;
+    :func:`add_replayed` adds what the replay's own record says afterwards. The recorded
+    LM calls are added to ``by_model``. The result is built in one go: a pydantic model
+    costs more to change field by field than to build.
     """
     divergence = outcome.divergences[0] if outcome.divergences else None
     error = None
@@ -58,15 +56,6 @@ def judge(
     elif diff:
         verdict = "different"
     add_calls(by_model, recorded.model_calls, after=False)
-    after_fields: dict[str, Any] = {}
-    if replayed is not None:
-        add_calls(by_model, replayed.model_calls, after=True)
-        after_fields = {
-            "replay_prediction_id": str(replayed.prediction_id),
-            "latency_after_ms": replayed.latency_ms,
-            "cost_after_usd": replayed.cost_usd,
-            "models_after": sorted({str(c.get("model")) for c in replayed.model_calls}),
-        }
     return PredictionResult(
         original_prediction_id=str(recorded.prediction_id),
         program_version_id=str(recorded.program_version_id or "") or None,
@@ -79,8 +68,18 @@ def judge(
         cost_before_usd=recorded.cost_usd,
         latency_before_ms=recorded.latency_ms,
         models_before=sorted({str(call.get("model")) for call in recorded.model_calls}),
-        **after_fields,
     )
+
+
+def add_replayed(
+    result: PredictionResult, replayed: MadePrediction, by_model: dict[str, ModelSums]
+) -> None:
+    """Add the replay's own recorded prediction (its id, cost, latency, models) to a result."""
+    add_calls(by_model, replayed.model_calls, after=True)
+    result.replay_prediction_id = str(replayed.prediction_id)
+    result.latency_after_ms = replayed.latency_ms
+    result.cost_after_usd = replayed.cost_usd
+    result.models_after = sorted({str(call.get("model")) for call in replayed.model_calls})
 
 
 def failed_result(prediction_id: str, message: str, status: str = "unknown") -> PredictionResult:

@@ -11,6 +11,7 @@ from uuid import UUID
 from commands import scope
 from commands.replay.judging import (
     ModelSums,
+    add_replayed,
     example_for,
     failed_result,
     judge,
@@ -25,7 +26,6 @@ from commands.replay.recorded_lm import RecordedAnswersLM, recorded_calls
 from commands.replay.report import PredictionResult, ReplayReport, ReplayTotals, summarize
 from commands.replay.runner import Job, Outcome, is_async_program, run_jobs
 from commands.replay.selection import (
-    MadePrediction,
     RecordedPrediction,
     load_prediction,
     predictions_made,
@@ -163,11 +163,12 @@ def run_replay(
         with frozen_while_running():
             ran = _run(jobs, options, lm, f"replay:{replay_id}", tick)
         outcomes = {outcome.index: outcome for outcome in ran}
-    flush()
     with collector_paused():
-        call_ids = {outcome.call_id for outcome in outcomes.values() if outcome.call_id}
-        replayed = predictions_made(app, call_ids, start=first_position)
-        results, by_model = _judged(predictions, outcomes, load_errors, replayed)
+        # Judged while the writer commits the replay's predictions; only what those
+        # records say is added once they are committed.
+        results, by_model = _judged(predictions, outcomes, load_errors)
+        flush()
+        _add_replayed(app, results, outcomes, by_model, first_position)
     if metric is not None:
         _score_all(app, metric, predictions, outcomes, results)
     results.extend(unknown)
@@ -190,19 +191,33 @@ def _judged(
     predictions: list[RecordedPrediction],
     outcomes: dict[int, Outcome],
     load_errors: dict[int, str],
-    replayed: dict[str, MadePrediction],
 ) -> tuple[list[PredictionResult], dict[str, ModelSums]]:
-    """Each chosen prediction's verdict, and the LM calls before and after by model."""
+    """Each chosen prediction's verdict, and its recorded LM calls by model."""
     by_model: dict[str, ModelSums] = {}
     results = []
     for index, recorded in enumerate(predictions):
         if index in load_errors:
             result = failed_result(str(recorded.prediction_id), load_errors[index], recorded.status)
         else:
-            outcome = outcomes[index]
-            result = judge(recorded, outcome, replayed.get(outcome.call_id or ""), by_model)
+            result = judge(recorded, outcomes[index], by_model)
         results.append(result)
     return results, by_model
+
+
+def _add_replayed(
+    app: LedgerApplication,
+    results: list[PredictionResult],
+    outcomes: dict[int, Outcome],
+    by_model: dict[str, ModelSums],
+    first_position: int,
+) -> None:
+    """Add what the replay's own committed predictions say to each result."""
+    call_ids = {outcome.call_id for outcome in outcomes.values() if outcome.call_id}
+    replayed = predictions_made(app, call_ids, start=first_position)
+    for index, outcome in outcomes.items():
+        made = replayed.get(outcome.call_id or "")
+        if made is not None:
+            add_replayed(results[index], made, by_model)
 
 
 def _score_all(
