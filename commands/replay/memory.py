@@ -4,9 +4,11 @@ A replay reads thousands of small dicts and lists (messages, outputs, call trees
 holds them until it is done. None of them is in a reference cycle, so reference counting
 frees them; but every young-generation collection walks the new ones again, and as they
 age they push the collector towards a full collection of the whole heap (DSPy's modules
-included, about 100 ms). Reading and judging run with the collector paused (no user code
-runs there), and while the program runs, what was alive when it started (the record, the
-prepared programs, DSPy itself) is frozen out of the collector's generations.
+included, about 100 ms). Reading the record, preparing the programs, judging and
+recording the verdicts run with the collector paused (the replayed program and the
+metric do not run there; a program factory runs once per version), and while the program
+runs, what was alive when it started (the record, the prepared programs, DSPy itself) is
+frozen out of the collector's generations.
 """
 
 from __future__ import annotations
