@@ -17,7 +17,7 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from projections.runner import collector_paused
+from ledger.collector import collector_paused
 
 __all__ = ["collector_paused", "frozen_while_running"]
 
