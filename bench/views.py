@@ -16,7 +16,9 @@ older checkout) and with this one, in child processes, on one synthetic ledger o
 50,000 predictions (``--predictions N``) and the cost view on 1,000,000 predictions
 (``--large N``, 0 to skip; ``--large-rounds`` rounds, default one), and prints both
 sides' medians. A rebuild deletes the rows the previous one left, timed (``--fresh``:
-before its clock starts, so that each side builds into an empty view).
+before its clock starts, so that each side builds into an empty view). ``--batch-size N``
+rebuilds in batches of N events (20,000 by default; small ones are what following a
+busy ledger gives).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 from bench.common import Row, row
 from bench.synthetic import generate
 from dspy_ledger.ledger import Ledger
-from projections.runner import VIEW_NAMES, open_view, rebuild
+from projections.runner import DEFAULT_BATCH_SIZE, VIEW_NAMES, open_view, rebuild
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,10 +139,10 @@ def _report_rows(folder: Path, predictions: int) -> list[Row]:
         ledger.close()
 
 
-#: A child process's rebuild: argv is the ledger URL, the view and whether to empty the
-#: view before the clock starts ("fresh": the rows the previous round left are deleted
-#: untimed, so each side builds into an empty view; otherwise the rebuild deletes them,
-#: as rebuilding a view that exists does); prints JSON.
+#: A child process's rebuild; prints JSON. argv: the ledger URL, the view, "fresh" or not
+#: (fresh: the rows the previous round left are deleted before the clock starts, so each
+#: side builds into an empty view; otherwise the rebuild deletes them, as rebuilding a
+#: view that exists does), and the batch size.
 _CHILD = """
 import json, sys, time
 from dspy_ledger.ledger import Ledger
@@ -150,18 +152,18 @@ projection = open_view(ledger.app, sys.argv[2])
 if sys.argv[3] == "fresh":
     projection.view.reset()
 started, cpu = time.perf_counter(), time.thread_time()
-events = rebuild(projection, batch_size=20_000)
+events = rebuild(projection, batch_size=int(sys.argv[4]))
 wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
 ledger.close()
 print(json.dumps({"wall": events / wall, "cpu": events / cpu}))
 """
 
 
-def _child_rate(source: Path, url: str, view: str, fresh: bool) -> dict[str, float]:
+def _child_rate(source: Path, url: str, view: str, options: list[str]) -> dict[str, float]:
     """Rebuild ``view`` in a child process importing ``projections`` from ``source``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), str(ROOT)])}
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, url, view, "fresh" if fresh else "in place"],
+        [sys.executable, "-c", _CHILD, url, view, *options],
         env=env,
         cwd=source,
         capture_output=True,
@@ -173,7 +175,14 @@ def _child_rate(source: Path, url: str, view: str, fresh: bool) -> dict[str, flo
 
 
 def compare(
-    against: Path, predictions: int, *, large: int, rounds: int, large_rounds: int, fresh: bool
+    against: Path,
+    predictions: int,
+    *,
+    large: int,
+    rounds: int,
+    large_rounds: int,
+    fresh: bool,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> None:
     """Print median rebuild rates of the code in ``against`` and this code, side by side."""
     sides = {"against": against.resolve(), "this": ROOT}
@@ -187,12 +196,13 @@ def compare(
                 generate(ledger, size)
                 ledger.close()
             results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
-            _child_rate(ROOT, ledgers[size], view, fresh)  # warm the page cache
+            options = ["fresh" if fresh else "in place", str(batch_size)]
+            _child_rate(ROOT, ledgers[size], view, options)  # warm the page cache
             for turn in range(rounds if size == predictions else large_rounds):
                 # Alternate which side goes first: the second may find more in the cache.
                 order = list(sides.items()) if turn % 2 == 0 else list(sides.items())[::-1]
                 for side, source in order:
-                    results[side].append(_child_rate(source, ledgers[size], view, fresh))
+                    results[side].append(_child_rate(source, ledgers[size], view, options))
             line = [f"{view} ({size:,} predictions):"]
             for side, rates in results.items():
                 wall = statistics.median(r["wall"] for r in rates)
@@ -211,6 +221,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--large-rounds", type=int, default=1)
     parser.add_argument("--fresh", action="store_true", help="time rebuilds into empty views")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     args = parser.parse_args()
     if args.against is not None:
         compare(
@@ -220,6 +231,7 @@ def main() -> None:
             rounds=args.rounds,
             large_rounds=args.large_rounds,
             fresh=args.fresh,
+            batch_size=args.batch_size,
         )
         return
     for item in run(args.quick):
