@@ -5,6 +5,10 @@ group by: model, provider, program, program version, actor, context kind and day
 Grouping happens at query time, so any combination of dimensions is one SQL query.
 Repricing joins each call to the ``PriceSet`` in force for its model at the call's
 time, so a price recorded later for an earlier date reprices history correctly.
+
+A call's program, version and context come from its prediction's ``PredictionStarted``:
+from the same batch, or, for the few calls whose prediction started in an earlier
+batch, read back from the ledger's store by stream id (``projections.starts``).
 """
 
 from __future__ import annotations
@@ -191,7 +195,7 @@ class CostLogic(ViewRecorder):
     }
 
     def handle(self, cursor: Cursor, position: int, event_type: str, e: dict[str, Any]) -> None:
-        """Record predictions' dimensions, LM calls and prices."""
+        """Record one event: an LM call or a price."""
         self.write(cursor, [(position, event_type, e)])
 
     def read_before_writing(self, items: Sequence[ViewItem]) -> None:
@@ -203,7 +207,7 @@ class CostLogic(ViewRecorder):
         if not prediction_ids:
             return {}
         if self.stream_starts is None:
-            msg = "The cost view reads earlier predictions from the ledger: open it with open_view"
+            msg = "The cost view reads earlier predictions from the ledger: open it with open_view."
             raise RuntimeError(msg)
         found = self.stream_starts(prediction_ids)
         dimensions: dict[str, _Dimensions] = {}
