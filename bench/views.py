@@ -14,7 +14,11 @@ Run: ``python -m bench.views [--quick]``. ``python -m bench.views --against DIR`
 rebuilds each view alternately with the ``projections`` package found in ``DIR`` (an
 older checkout) and with this one, in child processes, on one synthetic ledger of
 50,000 predictions (``--predictions N``) and the cost view on 1,000,000 predictions
-(``--large N``, 0 to skip), and prints both sides' medians.
+(``--large N``, 0 to skip; ``--large-rounds`` rounds, default one), and prints both
+sides' medians. A rebuild deletes the rows the previous one left, timed (``--fresh``:
+before its clock starts, so that each side builds into an empty view). ``--batch-size N``
+rebuilds in batches of N events (20,000 by default; small ones are what following a
+busy ledger gives).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 from bench.common import Row, row
 from bench.synthetic import generate
 from dspy_ledger.ledger import Ledger
-from projections.runner import VIEW_NAMES, open_view, rebuild
+from projections.runner import DEFAULT_BATCH_SIZE, VIEW_NAMES, open_view, rebuild
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,26 +139,31 @@ def _report_rows(folder: Path, predictions: int) -> list[Row]:
         ledger.close()
 
 
-#: A child process's rebuild: argv is the ledger URL and the view; prints JSON.
+#: A child process's rebuild; prints JSON. argv: the ledger URL, the view, "fresh" or not
+#: (fresh: the rows the previous round left are deleted before the clock starts, so each
+#: side builds into an empty view; otherwise the rebuild deletes them, as rebuilding a
+#: view that exists does), and the batch size.
 _CHILD = """
 import json, sys, time
 from dspy_ledger.ledger import Ledger
 from projections.runner import open_view, rebuild
 ledger = Ledger(sys.argv[1], actor="bench")
 projection = open_view(ledger.app, sys.argv[2])
+if sys.argv[3] == "fresh":
+    projection.view.reset()
 started, cpu = time.perf_counter(), time.thread_time()
-events = rebuild(projection, batch_size=20_000)
+events = rebuild(projection, batch_size=int(sys.argv[4]))
 wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
 ledger.close()
 print(json.dumps({"wall": events / wall, "cpu": events / cpu}))
 """
 
 
-def _child_rate(source: Path, url: str, view: str) -> dict[str, float]:
+def _child_rate(source: Path, url: str, view: str, options: list[str]) -> dict[str, float]:
     """Rebuild ``view`` in a child process importing ``projections`` from ``source``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), str(ROOT)])}
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, url, view],
+        [sys.executable, "-c", _CHILD, url, view, *options],
         env=env,
         cwd=source,
         capture_output=True,
@@ -165,7 +174,16 @@ def _child_rate(source: Path, url: str, view: str) -> dict[str, float]:
     return rates
 
 
-def compare(against: Path, predictions: int, large: int, rounds: int) -> None:
+def compare(
+    against: Path,
+    predictions: int,
+    *,
+    large: int,
+    rounds: int,
+    large_rounds: int,
+    fresh: bool,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> None:
     """Print median rebuild rates of the code in ``against`` and this code, side by side."""
     sides = {"against": against.resolve(), "this": ROOT}
     with tempfile.TemporaryDirectory() as folder:
@@ -178,10 +196,13 @@ def compare(against: Path, predictions: int, large: int, rounds: int) -> None:
                 generate(ledger, size)
                 ledger.close()
             results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
-            _child_rate(ROOT, ledgers[size], view)  # warm the page cache
-            for _ in range(rounds if size == predictions else 1):
-                for side, source in sides.items():
-                    results[side].append(_child_rate(source, ledgers[size], view))
+            options = ["fresh" if fresh else "in place", str(batch_size)]
+            _child_rate(ROOT, ledgers[size], view, options)  # warm the page cache
+            for turn in range(rounds if size == predictions else large_rounds):
+                # Alternate which side goes first: the second may find more in the cache.
+                order = list(sides.items()) if turn % 2 == 0 else list(sides.items())[::-1]
+                for side, source in order:
+                    results[side].append(_child_rate(source, ledgers[size], view, options))
             line = [f"{view} ({size:,} predictions):"]
             for side, rates in results.items():
                 wall = statistics.median(r["wall"] for r in rates)
@@ -198,9 +219,20 @@ def main() -> None:
     parser.add_argument("--predictions", type=int, default=50_000)
     parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--large-rounds", type=int, default=1)
+    parser.add_argument("--fresh", action="store_true", help="time rebuilds into empty views")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     args = parser.parse_args()
     if args.against is not None:
-        compare(args.against, args.predictions, args.large, args.rounds)
+        compare(
+            args.against,
+            args.predictions,
+            large=args.large,
+            rounds=args.rounds,
+            large_rounds=args.large_rounds,
+            fresh=args.fresh,
+            batch_size=args.batch_size,
+        )
         return
     for item in run(args.quick):
         print(item)

@@ -15,7 +15,7 @@ by application name, so each view tracks the ledger's sequence under its own nam
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -49,6 +49,9 @@ KNOWN_EVENT_TYPES = frozenset(
 
 #: One event handed to a view: (position, event type, attributes or None if undecodable).
 ViewItem = tuple[int, str, dict[str, Any] | None]
+
+#: Reads streams' first events from the ledger: stream ids -> {stream id: view item}.
+StreamStartReader = Callable[[Collection[str]], dict[str, ViewItem]]
 
 
 def utc_text(value: datetime) -> str:
@@ -116,6 +119,11 @@ class ViewRecorder:
     application_name: ClassVar[str] = "DspyLedger"
     #: Index name -> (table, columns).
     indexes: ClassVar[dict[str, tuple[str, str]]] = {}
+    #: Tables earlier versions of the view kept and this one does not: dropped on opening.
+    retired_tables: ClassVar[tuple[str, ...]] = ()
+    #: Reads streams' first events from the ledger's store, for a view that needs what
+    #: a stream said in an earlier batch (set by the projection that runs the view).
+    stream_starts: StreamStartReader | None = None
 
     @property
     def tracking_name(self) -> str:
@@ -167,8 +175,13 @@ class ViewRecorder:
             **self.tables,
             f"{self.view_name}_skipped": "(event_type TEXT PRIMARY KEY, events BIGINT NOT NULL)",
         }
-        statements = [f"CREATE TABLE IF NOT EXISTS {{{n}}} {cols}" for n, cols in tables.items()]
+        statements = [f"DROP TABLE IF EXISTS {{{n}}}" for n in self.retired_tables]
+        statements += [f"CREATE TABLE IF NOT EXISTS {{{n}}} {cols}" for n, cols in tables.items()]
         return statements + self.index_ddl()
+
+    def table_names(self) -> list[str]:
+        """Every table name view SQL may write as ``{name}`` (retired ones included)."""
+        return [*self.tables, f"{self.view_name}_skipped", *self.retired_tables]
 
     def index_ddl(self) -> list[str]:
         """The CREATE INDEX statements of the view's secondary indexes."""
@@ -187,6 +200,15 @@ class ViewRecorder:
         with self._view_transaction(commit=commit) as raw:
             yield Cursor(raw, self)
 
+    def read_before_writing(self, items: Sequence[ViewItem]) -> None:
+        """Read what writing ``items`` needs from the ledger beyond the batch (nothing here).
+
+        :meth:`process` calls this before the batch's transaction opens: the ledger's
+        store may be another connection to the view's own database, which an open write
+        transaction would block (an in-memory SQLite database admits one writer or any
+        number of readers).
+        """
+
     def process(self, items: Sequence[ViewItem], tracking: Tracking) -> int:
         """Write a batch of events and its tracking record in one transaction.
 
@@ -200,6 +222,7 @@ class ViewRecorder:
                 skipped[item[1]] = skipped.get(item[1], 0) + 1
             elif item[1] in reads:  # known, but of no use to this view: nothing to write
                 known.append(item)
+        self.read_before_writing(known)
         with self.cursor(commit=True) as c:
             self.write(c, known)
             for event_type, count in skipped.items():
@@ -265,8 +288,7 @@ class SQLiteView(ViewRecorder, SQLiteTrackingRecorder):
 
     def sql(self, text: str) -> str:
         """Table names are plain in SQLite; ``?`` parameters are native."""
-        names = [*self.tables, f"{self.view_name}_skipped"]
-        return text.format(**{n: n for n in names}, without_rowid="WITHOUT ROWID")
+        return text.format(**{n: n for n in self.table_names()}, without_rowid="WITHOUT ROWID")
 
     def _view_transaction(self, *, commit: bool) -> Any:
         return self.datastore.transaction(commit=commit)
@@ -289,8 +311,7 @@ class PostgresView(ViewRecorder, PostgresTrackingRecorder):
     def sql(self, text: str) -> str:
         """Qualify table names with the schema; psycopg wants ``%s`` parameters."""
         schema = self.datastore.schema
-        names = [*self.tables, f"{self.view_name}_skipped"]
-        qualified = {n: f'"{schema}"."{n}"' for n in names}
+        qualified = {n: f'"{schema}"."{n}"' for n in self.table_names()}
         return text.format(**qualified, without_rowid="").replace("?", "%s")
 
     def _view_transaction(self, *, commit: bool) -> Any:
@@ -308,6 +329,7 @@ __all__ = [
     "Cursor",
     "PostgresView",
     "SQLiteView",
+    "StreamStartReader",
     "ViewItem",
     "ViewRecorder",
     "context_kind",

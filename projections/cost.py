@@ -5,6 +5,10 @@ group by: model, provider, program, program version, actor, context kind and day
 Grouping happens at query time, so any combination of dimensions is one SQL query.
 Repricing joins each call to the ``PriceSet`` in force for its model at the call's
 time, so a price recorded later for an earlier date reprices history correctly.
+
+A call's program, version and context come from its prediction's ``PredictionStarted``:
+from the same batch, or, for the few calls whose prediction started in an earlier
+batch, read back from the ledger's store by stream id (``projections.starts``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,40 @@ _ROLLUP_KEY = (
 _BILLABLE = ("billable_calls", "billable_prompt_tokens", "billable_completion_tokens")
 
 
+#: A prediction's (program name, program version id, context kind).
+_Dimensions = tuple[Any, Any, str]
+#: The dimensions of a call whose PredictionStarted is not in the ledger, or unreadable.
+_NONE: _Dimensions = (None, None, "production")
+
+
+def _dimensions(e: dict[str, Any]) -> _Dimensions:
+    """The dimensions a ``PredictionStarted`` gives its prediction's calls."""
+    return (e.get("program_name"), e.get("program_version_id"), context_kind(e.get("context")))
+
+
+def _started(items: Sequence[ViewItem]) -> dict[str, _Dimensions]:
+    """The dimensions of the predictions that start in a batch, by prediction id."""
+    return {
+        e["originator_id"]: _dimensions(e)
+        for _, event_type, e in items
+        if event_type == "PredictionStarted" and e is not None
+    }
+
+
+def _started_earlier(items: Sequence[ViewItem]) -> set[str]:
+    """The predictions of a batch's calls that started before the batch."""
+    started: set[str] = set()
+    earlier: set[str] = set()
+    for _, event_type, e in items:
+        if e is None:
+            continue
+        if event_type == "PredictionStarted":
+            started.add(e["originator_id"])
+        elif event_type == "ModelExecuted" and e["originator_id"] not in started:
+            earlier.add(e["originator_id"])
+    return earlier
+
+
 def _billable(call: tuple[Any, ...]) -> tuple[int, int, int]:
     """A call's billable calls, prompt and completion tokens (none if a cache hit)."""
     if call[14]:
@@ -92,10 +130,6 @@ class CostLogic(ViewRecorder):
 
     view_name: ClassVar[str] = "cost"
     tables: ClassVar[dict[str, str]] = {
-        "cost_predictions": (
-            "(prediction_id TEXT PRIMARY KEY, program_name TEXT, program_version_id TEXT, "
-            "context_kind TEXT NOT NULL)"
-        ),
         "cost_calls": (
             "(position BIGINT PRIMARY KEY, prediction_id TEXT NOT NULL, occurred_at TEXT NOT NULL,"
             " day TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL, program_name TEXT,"
@@ -128,6 +162,15 @@ class CostLogic(ViewRecorder):
     indexes: ClassVar[dict[str, tuple[str, str]]] = {
         "cost_calls_day": ("cost_calls", "day, model"),
     }
+    # Earlier versions kept every prediction's dimensions here, keyed by its random
+    # UUID, for calls in a later batch than their PredictionStarted: at a million
+    # predictions, inserting into it cost more than the rest of a batch's writing.
+    # Such calls now read their PredictionStarted from the ledger (``_earlier``).
+    retired_tables: ClassVar[tuple[str, ...]] = ("cost_predictions",)
+    #: Prediction id -> (program, version, context kind), for calls of the batch being
+    #: written whose PredictionStarted lies in an earlier batch. Read before the batch's
+    #: transaction opens; a call missing here (written without process()) is read then.
+    _earlier: dict[str, _Dimensions] = {}
     fields: ClassVar[dict[str, tuple[str, ...]]] = {
         "PredictionStarted": ("program_name", "program_version_id@uuid", "context"),
         "ModelExecuted": (
@@ -152,41 +195,43 @@ class CostLogic(ViewRecorder):
     }
 
     def handle(self, cursor: Cursor, position: int, event_type: str, e: dict[str, Any]) -> None:
-        """Record predictions' dimensions, LM calls and prices."""
+        """Record one event: an LM call or a price."""
         self.write(cursor, [(position, event_type, e)])
 
+    def read_before_writing(self, items: Sequence[ViewItem]) -> None:
+        """Read the predictions, started in earlier batches, of the batch's LM calls."""
+        self._earlier = self._look_up(_started_earlier(items))
+
+    def _look_up(self, prediction_ids: set[str]) -> dict[str, _Dimensions]:
+        """The dimensions of predictions, from their PredictionStarted in the ledger."""
+        if not prediction_ids:
+            return {}
+        if self.stream_starts is None:
+            msg = "The cost view reads earlier predictions from the ledger: open it with open_view."
+            raise RuntimeError(msg)
+        found = self.stream_starts(prediction_ids)
+        dimensions: dict[str, _Dimensions] = {}
+        for pid in prediction_ids:
+            _, event_type, e = found.get(pid) or (0, "", None)
+            # Not stored, or unreadable by this code: as if the call had no prediction
+            # (what the batch gives for a PredictionStarted it skips as unreadable).
+            dimensions[pid] = _dimensions(e) if event_type == "PredictionStarted" and e else _NONE
+        return dimensions
+
     def write(self, cursor: Cursor, items: Sequence[ViewItem]) -> None:
-        """Write a batch: prediction dimensions, call facts, rollup sums and prices."""
-        started: dict[str, tuple[Any, Any, str]] = {}
-        wanted: set[str] = set()
-        for _, event_type, e in items:
-            assert e is not None
-            if event_type == "PredictionStarted":
-                started[e["originator_id"]] = (
-                    e.get("program_name"),
-                    e.get("program_version_id"),
-                    context_kind(e.get("context")),
-                )
-            elif event_type == "ModelExecuted" and e["originator_id"] not in started:
-                wanted.add(e["originator_id"])
-        known = {
-            key: (row["program_name"], row["program_version_id"], row["context_kind"])
-            for key, row in cursor.lookup(
-                "cost_predictions",
-                "prediction_id",
-                "program_name, program_version_id, context_kind",
-                wanted,
-            ).items()
-        }
+        """Write a batch: call facts, rollup sums and prices."""
+        started = _started(items)
+        earlier = self._earlier
         calls: list[tuple[Any, ...]] = []
         rollup: dict[tuple[str, ...], list[Any]] = {}
-        unknown = (None, None, "production")
         for position, event_type, e in items:
             assert e is not None
             if event_type == "ModelExecuted":
                 pid = e["originator_id"]
-                program, version, kind = started.get(pid) or known.get(pid) or unknown
-                call = self._call(position, e, program, version, kind or "production")
+                program, version, kind = (
+                    started.get(pid) or earlier.get(pid) or self._look_up({pid})[pid]
+                )
+                call = self._call(position, e, program, version, kind)
                 calls.append(call)
                 # The rollup row of the call's day and dimensions ('' stands for NULL).
                 key = (call[3], call[4], call[5], program or "", version or "", call[8], call[9])
@@ -207,17 +252,12 @@ class CostLogic(ViewRecorder):
                         e.get("actor") or "unknown",
                     ),
                 )
-        # Rows in key order: each B-tree page is visited once per batch, not once per row.
-        cursor.executemany(
-            "INSERT INTO {cost_predictions} VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (prediction_id) DO NOTHING",
-            [(pid, *started[pid]) for pid in sorted(started)],
-        )
         cursor.executemany(
             "INSERT INTO {cost_calls} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             calls,
         )
         sums = ", ".join(f"{c} = {{cost_rollup}}.{c} + excluded.{c}" for c in (*_SUMS, *_BILLABLE))
+        # Rows in key order: each B-tree page is visited once per batch, not once per row.
         cursor.executemany(
             "INSERT INTO {cost_rollup} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (day, model, provider, program_name, program_version_id, actor,"

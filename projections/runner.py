@@ -24,6 +24,7 @@ from projections.base import ViewItem, ViewRecorder
 from projections.cost import PostgresCostView, SQLiteCostView
 from projections.feed import FieldReader
 from projections.lineage import PostgresLineageView, SQLiteLineageView
+from projections.starts import StreamStarts
 
 #: View name -> (SQLite class, PostgreSQL class).
 VIEW_CLASSES: dict[str, tuple[type[Any], type[Any]]] = {
@@ -46,6 +47,8 @@ class ViewProjection(Projection[Any]):
         self.app = app
         self.name = view.view_name
         self.reader = FieldReader(app, view.fields)
+        # Where the view finds what a stream said in an earlier batch: the ledger itself.
+        view.stream_starts = StreamStarts(self.reader)
 
     @property
     def view(self) -> ViewRecorder:
