@@ -163,9 +163,13 @@ def test_a_rewritten_log_is_caught_by_the_recorded_checkpoint(ledger: Ledger) ->
     Table(ledger).run("UPDATE {t} SET topic = topic || 'x' WHERE {pos} = %s", (2,))
     # The tamperer also rewrites the leaf table from the altered rows.
     if table.sqlite:
-        table.run("DELETE FROM merkle_leaves")
-        table.run("DELETE FROM merkle_frontier")
-        table.run("DELETE FROM tracking WHERE application_name = 'DspyLedgerMerkleLog'")
+        assert ledger.merkle_log.leaf_path is not None
+        with sqlite3.connect(ledger.merkle_log.leaf_path) as connection:
+            connection.execute("DELETE FROM merkle_leaves")
+            connection.execute("DELETE FROM merkle_frontier")
+            connection.execute(
+                "DELETE FROM tracking WHERE application_name = 'DspyLedgerMerkleLog'"
+            )
     else:
         schema = parse_qs(urlsplit(ledger.store.url).query)["schema"][0]
         for name in ("leaves", "frontier", "tracking"):
