@@ -12,9 +12,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from dspy_ledger.integrity import InclusionProof
 from dspy_ledger.ledger import Ledger
 from ledger.domain import Dataset
 from ledger.integrity.checkpoint import parse_checkpoint
+from ledger.integrity.merkle import verify_inclusion
 
 EVENTS = 40
 
@@ -218,14 +220,16 @@ def test_the_log_is_extended_incrementally_not_rebuilt(ledger: Ledger) -> None:
     assert ledger.merkle_log.catch_up() == 0
 
 
-def test_a_proof_from_prove_verifies_against_its_root(ledger: Ledger) -> None:
-    from ledger.integrity.merkle import verify_inclusion
-
-    proof = ledger.prove(11)
-    assert verify_inclusion(
+def proof_verifies(proof: InclusionProof) -> bool:
+    """Whether an inclusion proof from ``prove`` checks out against its own root."""
+    return verify_inclusion(
         bytes.fromhex(proof.leaf_hash),
         proof.leaf_index,
         proof.tree_size,
         [bytes.fromhex(h) for h in proof.proof],
         bytes.fromhex(proof.root_hash),
     )
+
+
+def test_a_proof_from_prove_verifies_against_its_root(ledger: Ledger) -> None:
+    assert proof_verifies(ledger.prove(11))
