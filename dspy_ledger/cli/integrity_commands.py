@@ -134,8 +134,8 @@ def verify(
                 else ""
             )
             + (
-                f"; the log was behind its recorded checkpoints (a lost leaf file): "
-                f"{report.events_rehashed} events hashed again first"
+                f"; {report.events_rehashed} events hashed into the log again first "
+                "(it was behind the recorded checkpoints: a lost or older leaf file)"
                 if report.events_rehashed
                 else ""
             )
