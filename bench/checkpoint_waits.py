@@ -7,7 +7,8 @@ every second), and the recording thread's write transactions are timed:
 * ``begin``: beginning them (``BEGIN IMMEDIATE``), which is where a commit waits for
   the file's write lock; ``waits >= 1 ms``: how many of those took a millisecond or
   more (SQLite's busy handler sleeps in steps of 1 ms and up, so each is a wait for a
-  lock another connection held);
+  lock another connection held, unless the thread was descheduled that long: on a
+  loaded machine a few are);
 * ``commit``: committing them (the fsync, and any write-ahead log checkpoint SQLite
   runs after the commit);
 * the recording thread's CPU per event, and how many times each ledger's write-ahead
