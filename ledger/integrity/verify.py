@@ -134,6 +134,8 @@ def verify_log(
 
     With ``against``, also prove that today's log extends that checkpoint. With
     ``update`` (the default), hash events newer than the log once all else verified.
+    Events that a recorded checkpoint covers but the log lacks (a lost leaf file) are
+    hashed first either way, so that the checkpoint is checked.
     ``batched`` compares whole ranges first, side by side as ``settings`` says (default:
     from the environment, see :mod:`ledger.integrity.parallel`); ``False``: leaf by
     leaf throughout.
