@@ -67,7 +67,7 @@ def _catch_up_leaf_by_leaf(ledger: Ledger) -> None:
         frontier.append(event_leaf_hash(n.topic, n.originator_id, n.originator_version, n.state))
 
 
-class _Recording:
+class RecordingLedger:
     """One ledger recording predictions the way an instrumented program does.
 
     Each prediction is a draft captured from a DSPy program (``ChainOfThought`` and
@@ -121,8 +121,8 @@ def _checkpoint_rows(
     interval = 0.1 if quick else 1.0  # quick rounds last less than a second
     rounds = 2 if quick else 20
     with tempfile.TemporaryDirectory(dir=folder) as place:
-        off = _Recording(f"sqlite:///{place}/off.db", durability, drafts)
-        on = _Recording(f"sqlite:///{place}/on.db", durability, drafts)
+        off = RecordingLedger(f"sqlite:///{place}/off.db", durability, drafts)
+        on = RecordingLedger(f"sqlite:///{place}/on.db", durability, drafts)
         try:
             start = on.ledger.app.last_position()
             on.record(10)
@@ -139,7 +139,7 @@ def _checkpoint_rows(
             cpu: dict[str, float] = {"off": 0.0, "on": 0.0}
             hashing = 0.0
 
-            def measure(name: str, recording: _Recording) -> None:
+            def measure(name: str, recording: RecordingLedger) -> None:
                 nonlocal hashing
                 cpu_before, hashing_before = recording.cpu()
                 first = recording.ledger.app.last_position()

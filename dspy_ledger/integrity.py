@@ -71,7 +71,7 @@ class IntegrityMixin:
 
     @property
     def merkle_log(self) -> MerkleLog:
-        """The ledger's Merkle log (its tables are created on first use)."""
+        """The ledger's Merkle log (its tables are opened, or created, on first use)."""
         if self._merkle_log is None:
             self._merkle_log = MerkleLog(self.app)
         return self._merkle_log
@@ -99,6 +99,12 @@ class IntegrityMixin:
         if self._background_catch_up is not None:
             self._background_catch_up.close()
             self._background_catch_up = None
+
+    def close_merkle_log(self) -> None:
+        """Stop automatic checkpoints and close the log's leaf file (reopened on next use)."""
+        self.stop_auto_checkpoints()
+        if self._merkle_log is not None:
+            self._merkle_log.close()
 
     def verify(
         self,

@@ -244,7 +244,7 @@ class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin, ReplayMixin):
         atexit.unregister(self._close_at_exit)
         self.uninstrument()
         self.stop_enforcing()
-        self.stop_auto_checkpoints()
+        self.close_merkle_log()
         try:
             self._writer.close(timeout)
         finally:

@@ -12,9 +12,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from dspy_ledger.integrity import InclusionProof
 from dspy_ledger.ledger import Ledger
 from ledger.domain import Dataset
 from ledger.integrity.checkpoint import parse_checkpoint
+from ledger.integrity.merkle import verify_inclusion
 
 EVENTS = 40
 
@@ -163,9 +165,13 @@ def test_a_rewritten_log_is_caught_by_the_recorded_checkpoint(ledger: Ledger) ->
     Table(ledger).run("UPDATE {t} SET topic = topic || 'x' WHERE {pos} = %s", (2,))
     # The tamperer also rewrites the leaf table from the altered rows.
     if table.sqlite:
-        table.run("DELETE FROM merkle_leaves")
-        table.run("DELETE FROM merkle_frontier")
-        table.run("DELETE FROM tracking WHERE application_name = 'DspyLedgerMerkleLog'")
+        assert ledger.merkle_log.leaf_path is not None
+        with sqlite3.connect(ledger.merkle_log.leaf_path) as connection:
+            connection.execute("DELETE FROM merkle_leaves")
+            connection.execute("DELETE FROM merkle_frontier")
+            connection.execute(
+                "DELETE FROM tracking WHERE application_name = 'DspyLedgerMerkleLog'"
+            )
     else:
         schema = parse_qs(urlsplit(ledger.store.url).query)["schema"][0]
         for name in ("leaves", "frontier", "tracking"):
@@ -214,14 +220,16 @@ def test_the_log_is_extended_incrementally_not_rebuilt(ledger: Ledger) -> None:
     assert ledger.merkle_log.catch_up() == 0
 
 
-def test_a_proof_from_prove_verifies_against_its_root(ledger: Ledger) -> None:
-    from ledger.integrity.merkle import verify_inclusion
-
-    proof = ledger.prove(11)
-    assert verify_inclusion(
+def proof_verifies(proof: InclusionProof) -> bool:
+    """Whether an inclusion proof from ``prove`` checks out against its own root."""
+    return verify_inclusion(
         bytes.fromhex(proof.leaf_hash),
         proof.leaf_index,
         proof.tree_size,
         [bytes.fromhex(h) for h in proof.proof],
         bytes.fromhex(proof.root_hash),
     )
+
+
+def test_a_proof_from_prove_verifies_against_its_root(ledger: Ledger) -> None:
+    assert proof_verifies(ledger.prove(11))

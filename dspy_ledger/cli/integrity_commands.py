@@ -112,10 +112,12 @@ def verify(
             transient=True,
         ) as bar:
             task = bar.add_task("verify", total=total)
-            report = ledger.verify(
-                against=trusted,
-                public_key=key,
-                progress=lambda n: bar.update(task, advance=n),
+            report = _call(
+                lambda: ledger.verify(
+                    against=trusted,
+                    public_key=key,
+                    progress=lambda n: bar.update(task, advance=n),
+                )
             )
     finally:
         ledger.close()
@@ -129,6 +131,12 @@ def verify(
             + (
                 f"; {report.events_added} new events added to the log"
                 if report.events_added
+                else ""
+            )
+            + (
+                f"; {report.events_rehashed} events hashed into the log again first "
+                "(it was behind the recorded checkpoints: a lost or older leaf file)"
+                if report.events_rehashed
                 else ""
             )
             + (f"; extends the checkpoint of {report.against_tree_size}" if against else "")
@@ -147,7 +155,7 @@ def prove(
     """Print the inclusion proof of the event at POSITION in today's log (JSON)."""
     ledger = Ledger(db, create=False)
     try:
-        proof = ledger.prove(position)
+        proof = _call(lambda: ledger.prove(position))
     finally:
         ledger.close()
     typer.echo(proof.model_dump_json(indent=2))

@@ -1,15 +1,10 @@
 """The Merkle log over the stored events, kept as a tracked projection.
 
 Leaf ``i`` of the log is the ``i``-th stored event in position (notification id)
-order, hashed as :mod:`ledger.integrity.leaf` defines. The log lives next to the
-events, in the same database:
-
-* ``merkle_leaves`` (PostgreSQL: ``dspyledger_merkle_leaves``): ``leaf_index``,
-  ``position``, ``hash`` (32 bytes), one row per event;
-* ``merkle_frontier`` (``dspyledger_merkle_frontier``): one row with the tree size,
-  the last position hashed and the compact frontier (:class:`Frontier`);
-* the eventsourcing tracking table (SQLite ``tracking``, PostgreSQL
-  ``dspyledger_merkle_tracking``) under the name ``DspyLedgerMerkleLog``.
+order, hashed as :mod:`ledger.integrity.leaf` defines. Its tables
+(:mod:`ledger.integrity.log_store`) live in the ledger's PostgreSQL schema, in a file
+of their own next to a SQLite ledger file (:mod:`ledger.integrity.leaf_file`), or in an
+in-memory ledger's own database.
 
 :meth:`MerkleLog.catch_up` reads the events after the last tracked position in
 batches and writes their leaves, the new frontier and the tracking record in one
@@ -23,296 +18,62 @@ writes), which is why leaves record the position they were read from.
 
 from __future__ import annotations
 
-import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from eventsourcing.persistence import IntegrityError as StoreIntegrityError
 from eventsourcing.persistence import Tracking
-from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
-from psycopg.sql import SQL, Identifier
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger.application import LedgerApplication, setup_lock
 from ledger.integrity.hashing import EventRow, LeafHasher, extend_frontier
+from ledger.integrity.leaf_file import (
+    claim_leaf_file,
+    leaf_file_of,
+    ledger_file,
+    open_leaf_datastore,
+    prepare_leaf_file,
+)
+from ledger.integrity.log_store import (
+    TRACKING_NAME,
+    LeafRow,
+    LogState,
+    MerkleRecorder,
+    PostgresMerkleRecorder,
+    SQLiteMerkleRecorder,
+)
 from ledger.integrity.merkle import Frontier, SubtreeHasher
 from ledger.integrity.scan import read_event_rows
 
-#: Name of the log in the tracking table.
-TRACKING_NAME: Final = "DspyLedgerMerkleLog"
 #: Events hashed per transaction while catching up.
 DEFAULT_BATCH_SIZE: Final = 5000
 #: Events hashed between hand-overs of the GIL when catching up in the background.
 _BACKGROUND_SLICE: Final = 200
 
 
-@dataclass(frozen=True)
-class LeafRow:
-    """One stored leaf: its index in the log, the position it came from, its hash."""
+def open_recorder(app: LedgerApplication, leaf_path: str | None) -> MerkleRecorder:
+    """Open the log's tables: in the leaf file at ``leaf_path``, else beside the events.
 
-    index: int
-    position: int
-    hash: bytes
-
-
-#: A leaf as read in bulk: (leaf index, position, hash).
-LeafTuple = tuple[int, int, bytes]
-
-
-@dataclass(frozen=True)
-class LogState:
-    """The stored frontier and the last position it covers."""
-
-    frontier: Frontier
-    last_position: int
-
-
-class MerkleRecorder(Protocol):
-    """What the log needs from its store (one implementation per backend)."""
-
-    def create_table(self) -> None:
-        """Create the log's tables if they do not exist."""
-
-    def load_state(self) -> LogState:
-        """Return the stored frontier (the empty one if nothing was hashed yet)."""
-
-    def append(self, leaves: Sequence[LeafTuple], state: LogState, tracking: Tracking) -> None:
-        """Write leaves (index, position, hash), the new frontier and tracking at once."""
-
-    def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
-        """Return up to ``limit`` leaves from ``start_index``, in index order."""
-
-    def select_leaf_tuples(self, start_index: int, limit: int) -> list[LeafTuple]:
-        """Like :meth:`select_leaves`, as plain (index, position, hash) tuples."""
-
-    def leaf_at(self, position: int) -> LeafRow | None:
-        """Return the leaf recorded for a position, if any."""
-
-    def leaf_count(self) -> int:
-        """One more than the highest leaf index stored (0 for none)."""
-
-    def positions_of(self, indexes: list[int]) -> dict[int, int]:
-        """The positions recorded for the given leaf indexes (absent ones left out)."""
-
-    def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
-        """Return a leaf with this hash, if any (used to recognise moved rows)."""
-
-
-def _state_json(state: LogState) -> str:
-    return json.dumps(state.frontier.to_list())
-
-
-def _state_from(size: int, position: int, hashes: str) -> LogState:
-    return LogState(Frontier.from_list(json.loads(hashes), size), position)
-
-
-class SQLiteMerkleRecorder(SQLiteTrackingRecorder):
-    """The Merkle log's tables in a SQLite ledger."""
-
-    def construct_create_table_statements(self) -> list[str]:
-        """Add the leaves and frontier tables to eventsourcing's tracking table."""
-        statements = super().construct_create_table_statements()
-        statements.append(
-            "CREATE TABLE IF NOT EXISTS merkle_leaves (leaf_index INTEGER PRIMARY KEY, "
-            "position INTEGER NOT NULL UNIQUE, hash BLOB NOT NULL)"
-        )
-        statements.append(
-            "CREATE TABLE IF NOT EXISTS merkle_frontier (log TEXT PRIMARY KEY, "
-            "size INTEGER NOT NULL, last_position INTEGER NOT NULL, hashes TEXT NOT NULL)"
-        )
-        return statements
-
-    def load_state(self) -> LogState:
-        """Return the stored frontier."""
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(
-                "SELECT size, last_position, hashes FROM merkle_frontier WHERE log=?",
-                (TRACKING_NAME,),
-            )
-            row = c.fetchone()
-        if row is None:
-            return LogState(Frontier(), 0)
-        return _state_from(row[0], row[1], row[2])
-
-    def append(self, leaves: Sequence[LeafTuple], state: LogState, tracking: Tracking) -> None:
-        """Write leaves (index, position, hash), frontier and tracking in one transaction."""
-        with self.datastore.transaction(commit=True) as c:
-            c.executemany(
-                "INSERT INTO merkle_leaves (leaf_index, position, hash) VALUES (?, ?, ?)",
-                leaves,
-            )
-            c.execute(
-                "INSERT INTO merkle_frontier (log, size, last_position, hashes) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (log) DO UPDATE SET size=excluded.size, "
-                "last_position=excluded.last_position, hashes=excluded.hashes",
-                (TRACKING_NAME, state.frontier.size, state.last_position, _state_json(state)),
-            )
-            self._insert_tracking(c, tracking)
-
-    def _leaves(self, where: str, params: Sequence[Any]) -> list[LeafRow]:
-        return [LeafRow(*row) for row in self._leaf_tuples(where, params)]
-
-    def _leaf_tuples(self, where: str, params: Sequence[Any]) -> list[LeafTuple]:
-        with self.datastore.transaction(commit=False) as c:
-            c.row_factory = None  # type: ignore[attr-defined]  # tuples, not Row objects
-            c.execute(f"SELECT leaf_index, position, hash FROM merkle_leaves {where}", params)
-            rows: list[LeafTuple] = c.fetchall()
-            return rows
-
-    def select_leaf_tuples(self, start_index: int, limit: int) -> list[LeafTuple]:
-        """Like :meth:`select_leaves`, as plain (index, position, hash) tuples."""
-        return self._leaf_tuples(
-            "WHERE leaf_index >= ? ORDER BY leaf_index LIMIT ?", (start_index, limit)
-        )
-
-    def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
-        """Return leaves from ``start_index`` in index order."""
-        return self._leaves(
-            "WHERE leaf_index >= ? ORDER BY leaf_index LIMIT ?", (start_index, limit)
-        )
-
-    def leaf_at(self, position: int) -> LeafRow | None:
-        """Return the leaf recorded for ``position``."""
-        found = self._leaves("WHERE position = ?", (position,))
-        return found[0] if found else None
-
-    def leaf_count(self) -> int:
-        """One more than the highest leaf index stored (0 for none)."""
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT coalesce(max(leaf_index) + 1, 0) FROM merkle_leaves")
-            return int(c.fetchone()[0])
-
-    def positions_of(self, indexes: list[int]) -> dict[int, int]:
-        """The positions recorded for the given leaf indexes (absent ones left out)."""
-        found: dict[int, int] = {}
-        for chunk in _chunks(indexes):
-            marks = ", ".join("?" * len(chunk))
-            for index, position, _ in self._leaf_tuples(f"WHERE leaf_index IN ({marks})", chunk):
-                found[index] = position
-        return found
-
-    def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
-        """Return a leaf with this hash."""
-        found = self._leaves("WHERE hash = ? LIMIT 1", (hash_,))
-        return found[0] if found else None
-
-
-class PostgresMerkleRecorder(PostgresTrackingRecorder):
-    """The Merkle log's tables in a PostgreSQL ledger (in the URL's schema)."""
-
-    def __init__(self, datastore: PostgresDatastore, *, prefix: str = "dspyledger_merkle") -> None:
-        """Declare the leaves, frontier and tracking tables named after ``prefix``."""
-        super().__init__(datastore, tracking_table_name=f"{prefix}_tracking")
-        schema = Identifier(datastore.schema)
-        self.leaves_table = SQL("{0}.{1}").format(schema, Identifier(f"{prefix}_leaves"))
-        self.frontier_table = SQL("{0}.{1}").format(schema, Identifier(f"{prefix}_frontier"))
-        self.sql_create_statements.append(
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {0} (leaf_index bigint PRIMARY KEY, "
-                "position bigint NOT NULL UNIQUE, hash bytea NOT NULL)"
-            ).format(self.leaves_table)
-        )
-        self.sql_create_statements.append(
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {0} (log text PRIMARY KEY, size bigint NOT NULL, "
-                "last_position bigint NOT NULL, hashes text NOT NULL)"
-            ).format(self.frontier_table)
-        )
-
-    def load_state(self) -> LogState:
-        """Return the stored frontier."""
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                SQL("SELECT size, last_position, hashes FROM {0} WHERE log = %s").format(
-                    self.frontier_table
-                ),
-                (TRACKING_NAME,),
-            )
-            row = curs.fetchone()
-        if row is None:
-            return LogState(Frontier(), 0)
-        return _state_from(row["size"], row["last_position"], row["hashes"])
-
-    def append(self, leaves: Sequence[LeafTuple], state: LogState, tracking: Tracking) -> None:
-        """Write leaves (index, position, hash), frontier and tracking in one transaction."""
-        with self.datastore.transaction(commit=True) as curs:
-            curs.executemany(
-                SQL("INSERT INTO {0} (leaf_index, position, hash) VALUES (%s, %s, %s)").format(
-                    self.leaves_table
-                ),
-                leaves,
-            )
-            curs.execute(
-                SQL(
-                    "INSERT INTO {0} (log, size, last_position, hashes) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (log) DO UPDATE SET size = EXCLUDED.size, "
-                    "last_position = EXCLUDED.last_position, hashes = EXCLUDED.hashes"
-                ).format(self.frontier_table),
-                (TRACKING_NAME, state.frontier.size, state.last_position, _state_json(state)),
-            )
-            self._insert_tracking(curs, tracking)
-
-    def _leaves(self, where: str, params: Sequence[Any]) -> list[LeafRow]:
-        return [LeafRow(*row) for row in self._leaf_tuples(where, params)]
-
-    def _leaf_tuples(self, where: str, params: Sequence[Any]) -> list[LeafTuple]:
-        query = SQL("SELECT leaf_index, position, hash FROM {0} ").format(self.leaves_table)
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(query + SQL(where), params)
-            return [(r["leaf_index"], r["position"], bytes(r["hash"])) for r in curs.fetchall()]
-
-    def select_leaf_tuples(self, start_index: int, limit: int) -> list[LeafTuple]:
-        """Like :meth:`select_leaves`, as plain (index, position, hash) tuples."""
-        return self._leaf_tuples(
-            "WHERE leaf_index >= %s ORDER BY leaf_index LIMIT %s", (start_index, limit)
-        )
-
-    def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
-        """Return leaves from ``start_index`` in index order."""
-        return self._leaves(
-            "WHERE leaf_index >= %s ORDER BY leaf_index LIMIT %s", (start_index, limit)
-        )
-
-    def leaf_at(self, position: int) -> LeafRow | None:
-        """Return the leaf recorded for ``position``."""
-        found = self._leaves("WHERE position = %s", (position,))
-        return found[0] if found else None
-
-    def leaf_count(self) -> int:
-        """One more than the highest leaf index stored (0 for none)."""
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                SQL("SELECT coalesce(max(leaf_index) + 1, 0) AS n FROM {0}").format(
-                    self.leaves_table
-                )
-            )
-            row = curs.fetchone()
-        assert row is not None
-        return int(row["n"])
-
-    def positions_of(self, indexes: list[int]) -> dict[int, int]:
-        """The positions recorded for the given leaf indexes (absent ones left out)."""
-        found: dict[int, int] = {}
-        for chunk in _chunks(indexes):
-            for index, position, _ in self._leaf_tuples("WHERE leaf_index = ANY(%s)", (chunk,)):
-                found[index] = position
-        return found
-
-    def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
-        """Return a leaf with this hash."""
-        found = self._leaves("WHERE hash = %s LIMIT 1", (hash_,))
-        return found[0] if found else None
-
-
-def _chunks(values: list[int], size: int = 500) -> list[list[int]]:
-    return [values[i : i + size] for i in range(0, len(values), size)]
-
-
-def make_recorder(app: LedgerApplication) -> MerkleRecorder:
-    """Return the Merkle recorder sharing the application's datastore."""
+    A leaf file is made ready first (:func:`prepare_leaf_file`: the ledger's identity,
+    a log moved out of the ledger file) and must belong to this ledger
+    (:class:`~ledger.integrity.leaf_file.LeafFileMismatchError` if not).
+    """
     datastore = app.recorder.datastore  # type: ignore[attr-defined]
+    if leaf_path is not None:
+        identity = prepare_leaf_file(datastore, leaf_path)
+        leaves = open_leaf_datastore(leaf_path)
+        try:
+            leaf_recorder = SQLiteMerkleRecorder(leaves)
+            leaf_recorder.create_table()
+            with leaves.transaction(commit=True) as cursor:
+                claim_leaf_file(cursor, identity, leaf_path)
+        except BaseException:
+            leaves.close()
+            raise
+        return leaf_recorder
     recorder: MerkleRecorder
     if isinstance(datastore, SQLiteDatastore):
         recorder = SQLiteMerkleRecorder(datastore)
@@ -335,24 +96,56 @@ class MerkleLog:
     """The ledger's Merkle log: catch up with the events, read leaves, build proofs."""
 
     def __init__(self, app: LedgerApplication, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
-        """Open (creating its tables if needed) the log of ``app``'s store."""
+        """The log of ``app``'s store; its tables are opened (and created) on first use."""
         self.app = app
         self.batch_size = batch_size
-        self.recorder = make_recorder(app)
         self.leaf_hasher = LeafHasher()
+        ledger_path = ledger_file(app.recorder.datastore)  # type: ignore[attr-defined]
+        #: The SQLite file holding the log's tables; ``None``: the ledger's own database.
+        self.leaf_path = None if ledger_path is None else leaf_file_of(ledger_path)
+        self._recorder: MerkleRecorder | None = None
+        self._opening = threading.Lock()
+
+    @property
+    def recorder(self) -> MerkleRecorder:
+        """The log's tables, opened on first use (see :func:`open_recorder`)."""
+        if self._recorder is None:
+            with self._opening:
+                if self._recorder is None:
+                    self._recorder = open_recorder(self.app, self.leaf_path)
+        return self._recorder
+
+    def open(self) -> None:
+        """Open the log's tables now rather than at first use (:func:`open_recorder`)."""
+        _ = self.recorder
+
+    def close(self) -> None:
+        """Close the leaf file, if the log has one open (it reopens on next use)."""
+        with self._opening:
+            recorder: Any = self._recorder
+            self._recorder = None
+        if recorder is not None and self.leaf_path is not None:
+            recorder.datastore.close()
 
     def state(self) -> LogState:
         """The stored frontier: tree size, root and last position hashed."""
         return self.recorder.load_state()
 
-    def catch_up(self, progress: Progress | None = None, *, background: bool = False) -> int:
+    def catch_up(
+        self,
+        progress: Progress | None = None,
+        *,
+        background: bool = False,
+        until: int | None = None,
+    ) -> int:
         """Hash the events stored after the log's last position; return how many.
 
         Only the new events are read: the tree grows from the stored frontier. With
         ``background``, other threads get the interpreter every few hundred events:
         a thread that hashes for milliseconds on end makes a recording thread wait
         that long each time it comes back from the database (the GIL's switch
-        interval), which slows recording far more than the hashing costs.
+        interval), which slows recording far more than the hashing costs. With
+        ``until``, events after that position are left for later.
         """
         return catch_up_log(
             self.recorder,
@@ -361,6 +154,7 @@ class MerkleLog:
             batch_size=self.batch_size,
             progress=progress,
             background=background,
+            until=until,
         )
 
     def iter_leaves(self, start_index: int = 0) -> Iterator[LeafRow]:
@@ -393,6 +187,7 @@ def catch_up_log(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None,
     background: bool = False,
+    until: int | None = None,
 ) -> int:
     """Hash the events after the log's last position into ``recorder``; return how many.
 
@@ -403,6 +198,8 @@ def catch_up_log(
     while True:
         state = recorder.load_state()
         batch = read_rows(state.last_position + 1, batch_size)
+        if until is not None:
+            batch = [row for row in batch if row[0] <= until]
         if not batch:
             return added
         frontier = Frontier.from_list(state.frontier.to_list(), state.frontier.size)

@@ -47,10 +47,13 @@ from ledger.application import LedgerApplication
 from ledger.errors import InvalidInputError
 from ledger.integrity.hashing import LeafHasher
 from ledger.integrity.leaf import LEAF_MAGIC
-from ledger.integrity.log import MerkleLog, PostgresMerkleRecorder
+from ledger.integrity.leaf_file import ledger_file
+from ledger.integrity.log import MerkleLog
+from ledger.integrity.log_store import PostgresMerkleRecorder
 from ledger.integrity.ranges import (
     Batch,
     CombinedScan,
+    Execute,
     LeafRange,
     RangeOutcome,
     RangeReader,
@@ -150,9 +153,9 @@ class RangeScanner:
         """Where ranges are checked, and by how many workers."""
         workers = min(self._settings.workers, max(1, -(-self._leaves // self._width)))
         local = _in_process(self._datastore, self._table, self._log)
-        path = _sqlite_file(self._datastore)
-        if workers > 1 and path is not None:
-            return _process(path, self._table, self._log.batch_size), workers, "processes"
+        files = LogFiles.of(self._log)
+        if workers > 1 and files is not None:
+            return _process(files, self._table, self._log.batch_size), workers, "processes"
         if workers > 1 and isinstance(self._datastore, PostgresDatastore):
             return local, workers, "threads"  # each thread takes its own pooled connection
         return local, 1, "this process"
@@ -265,23 +268,32 @@ def _report(progress: Callable[[int], None] | None, outcome: RangeOutcome) -> No
 # -- where ranges are checked ---------------------------------------------------------
 
 
-def _sqlite_file(datastore: Any) -> str | None:
-    """The SQLite ledger's file, if it has one other processes can open."""
-    if not isinstance(datastore, SQLiteDatastore):
-        return None
-    pool: Any = datastore.pool
-    name = str(pool.db_name)
-    if pool.is_sqlite_memory_mode or name.startswith("file:"):
-        return None
-    return os.path.abspath(name)
+@dataclass(frozen=True)
+class LogFiles:
+    """A SQLite ledger's file and its log's leaf file, which worker processes open."""
+
+    ledger: str
+    leaves: str
+
+    @classmethod
+    def of(cls, log: MerkleLog) -> LogFiles | None:
+        """The files of ``log``; ``None`` when it has none other processes can open."""
+        if log.leaf_path is None:
+            return None
+        recorder: Any = log.app.recorder
+        path = ledger_file(recorder.datastore)
+        assert path is not None  # the leaf file is named after it
+        return cls(path, log.leaf_path)
 
 
 class WorkerProcess:
     """A ``python -m ledger.integrity.worker`` process, asked one JSON line at a time."""
 
-    def __init__(self, task: str, path: str, table: str, batch: int) -> None:
-        """Start a worker for ``task`` (``ranges`` or ``catch-up``) on the SQLite file ``path``."""
-        command = module_command("ledger.integrity.worker", task, path, table, str(batch))
+    def __init__(self, task: str, files: LogFiles, table: str, batch: int) -> None:
+        """Start a worker for ``task`` (``ranges`` or ``catch-up``) on a ledger's ``files``."""
+        command = module_command(
+            "ledger.integrity.worker", task, files.ledger, files.leaves, table, str(batch)
+        )
         # A file, not a pipe, so that a worker writing much to stderr can never block.
         self._errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by close()
         self._process = subprocess.Popen(
@@ -323,12 +335,12 @@ class WorkerProcess:
         self._errors.close()
 
 
-def _process(path: str, table: str, batch: int) -> CheckerFactory:
-    """Checkers that each run a worker process over the SQLite file at ``path``."""
+def _process(files: LogFiles, table: str, batch: int) -> CheckerFactory:
+    """Checkers that each run a worker process over a SQLite ledger's ``files``."""
 
     @contextmanager
     def start() -> Iterator[Checker]:
-        worker = WorkerProcess("ranges", path, table, batch)
+        worker = WorkerProcess("ranges", files, table, batch)
 
         def check(job: LeafRange) -> RangeOutcome:
             answer = worker.ask(job.to_json())
@@ -360,23 +372,24 @@ class BackgroundCatchUp:
         """Catch ``log`` up with ``app``'s events."""
         self._log = log
         recorder: Any = app.recorder
-        self._path = _sqlite_file(recorder.datastore)
+        self._files = LogFiles.of(log)
         self._table: str = recorder.events_table_name
         self._worker: WorkerProcess | None = None
 
     def __call__(self) -> int:
         """Hash the events stored since the log's last position; return how many."""
-        if self._path is not None:
+        self._log.open()  # here, so that a leaf file of another ledger is never handed on
+        if self._files is not None:
             try:
                 if self._worker is None:
                     self._worker = WorkerProcess(
-                        "catch-up", self._path, self._table, self._log.batch_size
+                        "catch-up", self._files, self._table, self._log.batch_size
                     )
                 return int(self._worker.ask({})["added"])
             except (WorkerFailedError, KeyError, TypeError, ValueError) as error:
                 logger.warning("dspy-ledger: hashing in this process instead: %s", error)
                 self.close()
-                self._path = None
+                self._files = None
         return self._log.catch_up(background=True)
 
     @property
@@ -405,17 +418,24 @@ def _in_process(datastore: Any, table: str, log: MerkleLog) -> CheckerFactory:
                 yield lambda job: check_range(reader, job, log.batch_size)
             return
 
-        def execute(sql: str, params: tuple[Any, ...]) -> list[Any]:
-            with datastore.transaction(commit=False) as cursor:
-                cursor.row_factory = None  # tuples, not Row objects
-                cursor.execute(sql, params)
-                rows: list[Any] = cursor.fetchall()
-                return rows
-
-        reader = SQLiteRangeReader(execute, table)
+        leaves: Any = log.recorder
+        reader = SQLiteRangeReader(_reading(datastore), _reading(leaves.datastore), table)
         yield lambda job: check_range(reader, job, log.batch_size)
 
     return start
+
+
+def _reading(datastore: SQLiteDatastore) -> Execute:
+    """Statements run in read transactions of ``datastore``, returning tuples."""
+
+    def execute(sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with datastore.transaction(commit=False) as cursor:
+            cursor.row_factory = None  # type: ignore[attr-defined]  # tuples, not Row objects
+            cursor.execute(sql, params)
+            rows: list[Any] = cursor.fetchall()
+            return rows
+
+    return execute
 
 
 class PostgresRangeReader:
@@ -483,6 +503,7 @@ _CLIENT_COLUMNS: Final = SQL("topic, originator_id, originator_version, state")
 
 __all__ = [
     "BackgroundCatchUp",
+    "LogFiles",
     "PostgresRangeReader",
     "RangeScanner",
     "ScanSettings",

@@ -216,12 +216,20 @@ def _append_frontier(frontier: Frontier, roots: list[str], size: int) -> None:
         frontier.append_subtree(from_hex(root), width)
 
 
+#: Runs one statement and returns its rows as tuples.
+Execute = Callable[[str, tuple[Any, ...]], list[Any]]
+
+
 class SQLiteRangeReader:
     """Reads a SQLite ledger's events and leaves, hashing the events here."""
 
-    def __init__(self, execute: Callable[[str, tuple[Any, ...]], list[Any]], table: str) -> None:
-        """``execute(sql, params)`` returns the rows as tuples; ``table`` holds the events."""
-        self._execute = execute
+    def __init__(self, events: Execute, leaves: Execute, table: str) -> None:
+        """``events`` and ``leaves`` run statements on the ledger and on the log's tables.
+
+        ``table`` holds the events. The two may be one database (an in-memory ledger).
+        """
+        self._events = events
+        self._leaves = leaves
         self._table = table
         self._hasher = LeafHasher()
 
@@ -229,7 +237,7 @@ class SQLiteRangeReader:
         """Up to ``limit`` events from position ``low`` (below ``high``): positions, leaf hashes."""
         bound = "" if high is None else " AND rowid < ?"
         params = (low, limit) if high is None else (low, high, limit)
-        rows = self._execute(
+        rows = self._events(
             "SELECT rowid, topic, originator_id, originator_version, state "
             f"FROM {self._table} WHERE rowid >= ?{bound} ORDER BY rowid LIMIT ?",
             params,
@@ -238,7 +246,7 @@ class SQLiteRangeReader:
 
     def leaf_hashes(self, start: int, end: int) -> Batch:
         """The stored leaves ``start <= i < end``: their positions and hashes."""
-        rows = self._execute(
+        rows = self._leaves(
             "SELECT position, hash FROM merkle_leaves "
             "WHERE leaf_index >= ? AND leaf_index < ? ORDER BY leaf_index",
             (start, end),
@@ -246,19 +254,29 @@ class SQLiteRangeReader:
         return [row[0] for row in rows], [row[1] for row in rows]
 
 
-def sqlite_file_reader(path: str, table: str) -> SQLiteRangeReader:
-    """A reader over its own connection to the SQLite file at ``path`` (never writing)."""
+def read_only_file(path: str) -> Execute:
+    """Statements over a connection of its own to the SQLite file at ``path``, never writing.
+
+    Each statement reads in its own transaction, so a reader never holds back the
+    file's write-ahead log checkpoints between statements.
+    """
     connection = sqlite3.connect(path, check_same_thread=False)
     connection.execute("PRAGMA query_only = 1")
 
     def execute(sql: str, params: tuple[Any, ...]) -> list[Any]:
         return connection.execute(sql, params).fetchall()
 
-    return SQLiteRangeReader(execute, table)
+    return execute
+
+
+def sqlite_file_reader(path: str, leaf_path: str, table: str) -> SQLiteRangeReader:
+    """A reader of the ledger file at ``path`` and its leaf file (its own connections)."""
+    return SQLiteRangeReader(read_only_file(path), read_only_file(leaf_path), table)
 
 
 __all__ = [
     "CombinedScan",
+    "Execute",
     "LeafRange",
     "RangeOutcome",
     "RangeReader",
@@ -266,5 +284,6 @@ __all__ = [
     "check_range",
     "combine_ranges",
     "plan_ranges",
+    "read_only_file",
     "sqlite_file_reader",
 ]

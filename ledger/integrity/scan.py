@@ -45,8 +45,17 @@ __all__ = [
     "extend_frontier",
     "read_event_rows",
     "read_sqlite_rows",
+    "sqlite_rows_statement",
     "stream_id_part",
 ]
+
+
+def sqlite_rows_statement(table: str) -> str:
+    """The query for up to ``limit`` events of a SQLite ``table`` from ``start`` (in that order)."""
+    return (
+        "SELECT rowid, topic, originator_id, originator_version, state "
+        f"FROM {table} WHERE rowid >= ? ORDER BY rowid LIMIT ?"
+    )
 
 
 def read_sqlite_rows(
@@ -55,10 +64,6 @@ def read_sqlite_rows(
     """Up to ``limit`` events of a SQLite ``table`` from position ``start``, as tuples."""
     with datastore.transaction(commit=False) as c:
         c.row_factory = None  # type: ignore[attr-defined]  # tuples, not Row objects
-        c.execute(
-            "SELECT rowid, topic, originator_id, originator_version, state "
-            f"FROM {table} WHERE rowid >= ? ORDER BY rowid LIMIT ?",
-            (start, limit),
-        )
+        c.execute(sqlite_rows_statement(table), (start, limit))
         rows: list[EventRow] = c.fetchall()
         return rows

@@ -14,6 +14,10 @@ side. The first disagreement is reported, with its position and kind:
 
 Events stored after the log's last position are not yet covered ("untracked"); they
 are hashed into the log afterwards, and only when everything else verified.
+
+A log behind the checkpoints recorded in the ledger (its leaf file was lost, or is an
+older copy) is first extended to the last of them from the stored events, so that every
+recorded checkpoint is checked against the events ("rehashed").
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from pydantic import BaseModel
 from ledger.application import LedgerApplication
 from ledger.integrity.checkpoint import CHECKPOINT_TOPIC, Checkpoint, key_id
 from ledger.integrity.errors import SignatureInvalidError
-from ledger.integrity.log import LeafRow, LogState, MerkleLog
+from ledger.integrity.log import MerkleLog
+from ledger.integrity.log_store import LeafRow, LogState
 from ledger.integrity.merkle import Frontier, MerkleError, verify_consistency
 from ledger.integrity.parallel import RangeScanner, ScanSettings
 
@@ -59,6 +64,7 @@ class VerifyReport(BaseModel):
     signatures_checked: int = 0
     untracked_events: int
     events_added: int
+    events_rehashed: int = 0
     against_tree_size: int | None = None
     problem: Problem | None = None
 
@@ -128,6 +134,8 @@ def verify_log(
 
     With ``against``, also prove that today's log extends that checkpoint. With
     ``update`` (the default), hash events newer than the log once all else verified.
+    Events that a recorded checkpoint covers but the log lacks (a lost leaf file) are
+    hashed first either way, so that the checkpoint is checked.
     ``batched`` compares whole ranges first, side by side as ``settings`` says (default:
     from the environment, see :mod:`ledger.integrity.parallel`); ``False``: leaf by
     leaf throughout.
@@ -142,15 +150,22 @@ def verify_log(
         recorded_list = recorded_checkpoints(app)
         for recorded in recorded_list:
             checkpoints.setdefault(recorded.tree_size, []).append(recorded)
+        rehashed = _catch_up_to_checkpoints(log, state, recorded_list)
+        if rehashed:
+            state = log.state()
+            if scanner is not None:
+                workers.close()  # they were started for the shorter log
+                scanner = workers.enter_context(RangeScanner(app, log, settings))
         signed = _check_signatures(recorded_list, public_key)
         if isinstance(signed, Problem):
-            return _report(state, against, _Scan(Frontier(), 0, 0, 0), signed)
+            return _report(state, against, _Scan(Frontier(), 0, 0, 0, rehashed), signed)
         fast = (
             None
             if scanner is None
             else _fast_scan(scanner, state.last_position, checkpoints, progress)
         )
     if fast is not None:
+        fast.rehashed = rehashed
         return _finish(log, state, against, update, fast).model_copy(
             update={"signatures_checked": signed}
         )
@@ -165,7 +180,7 @@ def verify_log(
         kind: ProblemKind, position: int | None, leaf_index: int | None, message: str
     ) -> VerifyReport:
         # The first problem found, reported with what had been verified before it.
-        scan = _Scan(frontier, checked, untracked, checkpoints_checked)
+        scan = _Scan(frontier, checked, untracked, checkpoints_checked, rehashed)
         return _report(state, against, scan, _problem(kind, position, leaf_index, message))
 
     while row is not None or leaf is not None:
@@ -238,9 +253,8 @@ def verify_log(
         leaf = next(leaves, None)
     if progress is not None and pending:
         progress(pending)
-    result = _finish(
-        log, state, against, update, _Scan(frontier, checked, untracked, checkpoints_checked)
-    )
+    scan = _Scan(frontier, checked, untracked, checkpoints_checked, rehashed)
+    result = _finish(log, state, against, update, scan)
     return result.model_copy(update={"signatures_checked": signed})
 
 
@@ -252,6 +266,25 @@ class _Scan:
     checked: int
     untracked: int
     checkpoints_checked: int
+    #: Events hashed into the log again before the pass (see :func:`_catch_up_to_checkpoints`).
+    rehashed: int = 0
+
+
+def _catch_up_to_checkpoints(
+    log: MerkleLog, state: LogState, recorded: list[_RecordedCheckpoint]
+) -> int:
+    """Extend the log to the last checkpoint recorded in the ledger; the events hashed.
+
+    Checkpoints are made from the log, so the log is behind one only when its leaves
+    were lost (a SQLite ledger's leaf file deleted, or replaced by an older copy). The
+    leaves are derived data: they are hashed again from the stored events, and the
+    pass that follows checks the recorded checkpoints against them, as always.
+    """
+    ahead = [entry for entry in recorded if entry.tree_size > state.frontier.size]
+    if not ahead:
+        return 0
+    last = max(ahead, key=lambda entry: entry.tree_size)
+    return log.catch_up(until=last.last_position or None)
 
 
 def _check_signatures(
@@ -297,6 +330,7 @@ def _report(
         checkpoints_checked=scan.checkpoints_checked,
         untracked_events=scan.untracked,
         events_added=0,
+        events_rehashed=scan.rehashed,
         against_tree_size=against.tree_size if against else None,
         problem=problem,
     )
