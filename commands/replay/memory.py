@@ -17,10 +17,6 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ledger.collector import collector_paused
-
-__all__ = ["collector_paused", "frozen_while_running"]
-
 
 @contextmanager
 def frozen_while_running() -> Iterator[None]:

@@ -19,7 +19,7 @@ from commands.replay.judging import (
     model_totals,
     score,
 )
-from commands.replay.memory import collector_paused, frozen_while_running
+from commands.replay.memory import frozen_while_running
 from commands.replay.planning import ProgramBuilder, ReplayOptions, live_lm, metric_callable
 from commands.replay.programs import ProgramLoadError
 from commands.replay.recorded_lm import RecordedAnswersLM, recorded_calls
@@ -32,6 +32,7 @@ from commands.replay.selection import (
     select_predictions,
 )
 from ledger.application import LedgerApplication
+from ledger.collector import collector_paused
 from ledger.domain import Replay
 
 Progress = Callable[[int, int], None]
