@@ -21,6 +21,7 @@ from typing import Any
 #: The sections, in report order. Every one is optional: a missing module is skipped.
 SECTIONS = (
     "bench.overhead",
+    "bench.instructions",
     "bench.throughput",
     "bench.views",
     "bench.integrity",
