@@ -89,8 +89,44 @@ def _state_from(size: int, position: int, hashes: str) -> LogState:
     return LogState(Frontier.from_list(json.loads(hashes), size), position)
 
 
-class SQLiteMerkleRecorder(SQLiteTrackingRecorder):
+class _LeafQueries:
+    """The leaf lookups both stores make alike: each store supplies its parameter mark
+    and :meth:`_leaf_tuples`, which runs ``SELECT leaf_index, position, hash`` with the
+    given ``WHERE`` clause."""
+
+    _mark: str  # the database driver's parameter placeholder
+
+    def _leaf_tuples(self, where: str, params: Sequence[Any]) -> list[LeafTuple]:
+        raise NotImplementedError
+
+    def _leaves(self, where: str, params: Sequence[Any]) -> list[LeafRow]:
+        return [LeafRow(*row) for row in self._leaf_tuples(where, params)]
+
+    def select_leaf_tuples(self, start_index: int, limit: int) -> list[LeafTuple]:
+        """Like :meth:`select_leaves`, as plain (index, position, hash) tuples."""
+        mark = self._mark
+        where = f"WHERE leaf_index >= {mark} ORDER BY leaf_index LIMIT {mark}"
+        return self._leaf_tuples(where, (start_index, limit))
+
+    def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
+        """Return leaves from ``start_index`` in index order."""
+        return [LeafRow(*row) for row in self.select_leaf_tuples(start_index, limit)]
+
+    def leaf_at(self, position: int) -> LeafRow | None:
+        """Return the leaf recorded for ``position``."""
+        found = self._leaves(f"WHERE position = {self._mark}", (position,))
+        return found[0] if found else None
+
+    def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
+        """Return a leaf with this hash."""
+        found = self._leaves(f"WHERE hash = {self._mark} LIMIT 1", (hash_,))
+        return found[0] if found else None
+
+
+class SQLiteMerkleRecorder(_LeafQueries, SQLiteTrackingRecorder):
     """The Merkle log's tables in a SQLite ledger."""
+
+    _mark = "?"
 
     def construct_create_table_statements(self) -> list[str]:
         """Add the leaves and frontier tables to eventsourcing's tracking table."""
@@ -132,32 +168,12 @@ class SQLiteMerkleRecorder(SQLiteTrackingRecorder):
             )
             self._insert_tracking(c, tracking)
 
-    def _leaves(self, where: str, params: Sequence[Any]) -> list[LeafRow]:
-        return [LeafRow(*row) for row in self._leaf_tuples(where, params)]
-
     def _leaf_tuples(self, where: str, params: Sequence[Any]) -> list[LeafTuple]:
         with self.datastore.transaction(commit=False) as c:
             c.row_factory = None  # type: ignore[attr-defined]  # tuples, not Row objects
             c.execute(f"SELECT leaf_index, position, hash FROM merkle_leaves {where}", params)
             rows: list[LeafTuple] = c.fetchall()
             return rows
-
-    def select_leaf_tuples(self, start_index: int, limit: int) -> list[LeafTuple]:
-        """Like :meth:`select_leaves`, as plain (index, position, hash) tuples."""
-        return self._leaf_tuples(
-            "WHERE leaf_index >= ? ORDER BY leaf_index LIMIT ?", (start_index, limit)
-        )
-
-    def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
-        """Return leaves from ``start_index`` in index order."""
-        return self._leaves(
-            "WHERE leaf_index >= ? ORDER BY leaf_index LIMIT ?", (start_index, limit)
-        )
-
-    def leaf_at(self, position: int) -> LeafRow | None:
-        """Return the leaf recorded for ``position``."""
-        found = self._leaves("WHERE position = ?", (position,))
-        return found[0] if found else None
 
     def leaf_count(self) -> int:
         """One more than the highest leaf index stored (0 for none)."""
@@ -174,14 +190,11 @@ class SQLiteMerkleRecorder(SQLiteTrackingRecorder):
                 found[index] = position
         return found
 
-    def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
-        """Return a leaf with this hash."""
-        found = self._leaves("WHERE hash = ? LIMIT 1", (hash_,))
-        return found[0] if found else None
 
-
-class PostgresMerkleRecorder(PostgresTrackingRecorder):
+class PostgresMerkleRecorder(_LeafQueries, PostgresTrackingRecorder):
     """The Merkle log's tables in a PostgreSQL ledger (in the URL's schema)."""
+
+    _mark = "%s"
 
     def __init__(self, datastore: PostgresDatastore, *, prefix: str = "dspyledger_merkle") -> None:
         """Declare the leaves, frontier and tracking tables named after ``prefix``."""
@@ -235,31 +248,11 @@ class PostgresMerkleRecorder(PostgresTrackingRecorder):
             )
             self._insert_tracking(curs, tracking)
 
-    def _leaves(self, where: str, params: Sequence[Any]) -> list[LeafRow]:
-        return [LeafRow(*row) for row in self._leaf_tuples(where, params)]
-
     def _leaf_tuples(self, where: str, params: Sequence[Any]) -> list[LeafTuple]:
         query = SQL("SELECT leaf_index, position, hash FROM {0} ").format(self.leaves_table)
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(query + SQL(where), params)
             return [(r["leaf_index"], r["position"], bytes(r["hash"])) for r in curs.fetchall()]
-
-    def select_leaf_tuples(self, start_index: int, limit: int) -> list[LeafTuple]:
-        """Like :meth:`select_leaves`, as plain (index, position, hash) tuples."""
-        return self._leaf_tuples(
-            "WHERE leaf_index >= %s ORDER BY leaf_index LIMIT %s", (start_index, limit)
-        )
-
-    def select_leaves(self, start_index: int, limit: int) -> list[LeafRow]:
-        """Return leaves from ``start_index`` in index order."""
-        return self._leaves(
-            "WHERE leaf_index >= %s ORDER BY leaf_index LIMIT %s", (start_index, limit)
-        )
-
-    def leaf_at(self, position: int) -> LeafRow | None:
-        """Return the leaf recorded for ``position``."""
-        found = self._leaves("WHERE position = %s", (position,))
-        return found[0] if found else None
 
     def leaf_count(self) -> int:
         """One more than the highest leaf index stored (0 for none)."""
@@ -280,11 +273,6 @@ class PostgresMerkleRecorder(PostgresTrackingRecorder):
             for index, position, _ in self._leaf_tuples("WHERE leaf_index = ANY(%s)", (chunk,)):
                 found[index] = position
         return found
-
-    def leaf_with_hash(self, hash_: bytes) -> LeafRow | None:
-        """Return a leaf with this hash."""
-        found = self._leaves("WHERE hash = %s LIMIT 1", (hash_,))
-        return found[0] if found else None
 
 
 def _chunks(values: list[int], size: int = 500) -> list[list[int]]:
