@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.common import usable_cpus
+
 #: The sections, in report order. Every one is optional: a missing module is skipped.
 SECTIONS = (
     "bench.overhead",
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {_cpus()} CPU(s)",
+        "machine": f"{platform.machine()}, {usable_cpus()} CPU(s)",
         "quick": args.quick,
         "seconds": time.perf_counter() - started,
     }
@@ -111,12 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench-results.md").write_text(markdown)
     print(markdown)
     return 0
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 if __name__ == "__main__":

@@ -76,6 +76,13 @@ def predict_many(program: Any, count: int, offset: int = 0) -> float:
     return time.perf_counter() - started
 
 
+def usable_cpus() -> int:
+    """How many CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def median(values: list[float]) -> float:
     """The median (robust to the noise of a shared machine)."""
     return float(statistics.median(values))

@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import Row, configure_dspy, make_program, predict_many, row
+from bench.common import Row, configure_dspy, make_program, predict_many, row, usable_cpus
 
 SECTION = "1b. Instructions per prediction (callgrind, this process only)"
 #: The variants, in report order; the first is every other's baseline.
@@ -110,8 +110,7 @@ def _work(variant: str, count: int, folder: str) -> None:
     predict_many(program, WARM_UP)
     predict_many(program, count, offset=WARM_UP)
     if ledger is not None:
-        ledger.flush()
-        ledger.close()
+        ledger.close()  # flushes: everything recorded is committed
 
 
 def _command(variant: str, count: int, folder: str) -> list[str]:
@@ -163,8 +162,7 @@ def run(quick: bool) -> list[Row]:
     if shutil.which("valgrind") is None:
         print("bench: valgrind is not installed; instructions per prediction skipped.")
         return []
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=usable_cpus()) as pool:
         counts = dict(zip(VARIANTS, pool.map(per_prediction, VARIANTS), strict=True))
     bare = counts["bare"]
     return [
