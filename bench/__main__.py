@@ -24,6 +24,7 @@ from bench.common import usable_cpus
 SECTIONS = (
     "bench.overhead",
     "bench.instructions",
+    "bench.clock_split",
     "bench.throughput",
     "bench.views",
     "bench.integrity",

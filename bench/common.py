@@ -61,6 +61,22 @@ def configure_dspy() -> Any:
     return lm
 
 
+class NoOpRecorder:
+    """Receives every hook and does nothing: what the hooks alone cost."""
+
+    def on_module_start(self, *_: Any) -> None:
+        """Do nothing."""
+
+    def on_module_end(self, *_: Any) -> None:
+        """Do nothing."""
+
+    def on_lm_start(self, *_: Any) -> None:
+        """Do nothing."""
+
+    def on_lm_end(self, *_: Any) -> None:
+        """Do nothing."""
+
+
 def make_program() -> Any:
     """The workload every section measures: a ``ChainOfThought`` answering a question."""
     import dspy
@@ -74,6 +90,14 @@ def predict_many(program: Any, count: int, offset: int = 0) -> float:
     for i in range(offset, offset + count):
         program(question=f"What is 2 + 2? (#{i})")
     return time.perf_counter() - started
+
+
+def print_rows(rows: list[Row], value_format: str) -> None:
+    """Print a section's rows, one per line: name, value (``value_format``), ratio."""
+    width = max((len(item["name"]) for item in rows), default=0)
+    for item in rows:
+        ratio = f"  {item['ratio']:.3f}x" if item["ratio"] is not None else ""
+        print(f"{item['name']:{width}s} {item['value']:{value_format}} {item['unit']}{ratio}")
 
 
 def usable_cpus() -> int:

@@ -43,7 +43,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import Row, configure_dspy, make_program, predict_many, row, usable_cpus
+from bench.common import (
+    NoOpRecorder,
+    Row,
+    configure_dspy,
+    make_program,
+    predict_many,
+    print_rows,
+    row,
+    usable_cpus,
+)
 
 SECTION = "1b. Instructions per prediction (callgrind, this process only)"
 #: The variants, in report order; the first is every other's baseline.
@@ -60,28 +69,12 @@ COUNT = 100
 _LINGER_MS = "60000"
 
 
-class _NoOpRecorder:
-    """Receives every hook and does nothing: what the hooks alone cost."""
-
-    def on_module_start(self, *_: Any) -> None:
-        """Do nothing."""
-
-    def on_module_end(self, *_: Any) -> None:
-        """Do nothing."""
-
-    def on_lm_start(self, *_: Any) -> None:
-        """Do nothing."""
-
-    def on_lm_end(self, *_: Any) -> None:
-        """Do nothing."""
-
-
 def _enable(variant: str, folder: str) -> Any:
     """Switch ``variant`` on; return the ledger to flush and close, if there is one."""
     from commands import hooks
 
     if variant == "hooks with a no-op recorder":
-        hooks.attach(_NoOpRecorder())
+        hooks.attach(NoOpRecorder())
     elif variant == "recorder alone, drafts discarded":
         from commands.recorder import LedgerRecorder
 
@@ -187,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         variant, count, folder = args.worker
         _work(variant, int(count), folder)
         return 0
-    for item in run(args.quick):
-        ratio = f"  {item['ratio']:.3f}x" if item["ratio"] is not None else ""
-        print(f"{item['name']:40s} {item['value']:12,.0f}{ratio}")
+    print_rows(run(args.quick), "12,.0f")
     return 0
 
 

@@ -29,11 +29,18 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
     sections = {item["section"] for item in rows}
     assert {
         "1. Recording overhead per prediction",
+        "1c. Where async recording's clock time goes (program's hot path)",
         "2. Durable throughput",
         "4. Storage",
     } <= sections
     names = {item["name"] for item in rows}
     assert "async/sqlite (hot path)" in names
+    # The clock split measures each step of async recording, with its writer process
+    # discarding drafts as well as committing them.
+    assert {
+        "recorder, drafts encoded for the writer process",
+        "async/sqlite, writer process discarding drafts",
+    } <= names
     assert "ledger capacity: async/sqlite, 1 thread(s)" in names
     for item in rows:
         if " minus " in item["name"]:
