@@ -78,7 +78,7 @@ def _writer_module(module: str) -> AbstractContextManager[Any]:
 
 @contextmanager
 def _enabled(variant: str) -> Iterator[Callable[[], None]]:
-    """Switch ``variant`` on; yield what to call once the timed loop is over."""
+    """Switch ``variant`` on; yield what waits until everything recorded so far is written."""
     from commands.portable_drafts import encode_draft
     from commands.recorder import LedgerRecorder
 
