@@ -34,6 +34,7 @@ from unittest import mock
 from bench.common import (
     NoOpRecorder,
     Row,
+    bench_recorder,
     configure_dspy,
     interleaved,
     make_program,
@@ -80,7 +81,6 @@ def _writer_module(module: str) -> AbstractContextManager[Any]:
 def _enabled(variant: str) -> Iterator[Callable[[], None]]:
     """Switch ``variant`` on; yield what waits until everything recorded so far is written."""
     from commands.portable_drafts import encode_draft
-    from commands.recorder import LedgerRecorder
 
     if variant == "bare":
         yield lambda: None
@@ -88,7 +88,7 @@ def _enabled(variant: str) -> Iterator[Callable[[], None]]:
         with _hooked(NoOpRecorder()):
             yield lambda: None
     elif variant == "recorder alone, drafts discarded":
-        with _hooked(LedgerRecorder(lambda draft: None, default_actor="bench")):
+        with _hooked(bench_recorder()):
             yield lambda: None
     elif variant == "recorder, drafts encoded for the writer process":
         sent: dict[Any, Any] = {}  # versions go once, as they do down the pipe
@@ -96,8 +96,7 @@ def _enabled(variant: str) -> Iterator[Callable[[], None]]:
         def encode(draft: object) -> None:
             encode_draft(draft, sent)
 
-        recorder = LedgerRecorder(encode, default_actor="bench")
-        with _hooked(recorder):
+        with _hooked(bench_recorder(encode)):
             yield lambda: None
     else:
         import dspy_ledger

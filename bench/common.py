@@ -77,6 +77,19 @@ class NoOpRecorder:
         """Do nothing."""
 
 
+def _discard(draft: object) -> None:
+    """Throw a draft away."""
+
+
+def bench_recorder(sink: Callable[[object], None] = _discard) -> Any:
+    """The ledger's recorder with no writer behind it: every finished draft goes to
+    ``sink`` (thrown away by default), so it measures what recording costs before
+    anything is stored."""
+    from commands.recorder import LedgerRecorder
+
+    return LedgerRecorder(sink, default_actor="bench")
+
+
 def make_program() -> Any:
     """The workload every section measures: a ``ChainOfThought`` answering a question."""
     import dspy

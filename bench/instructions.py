@@ -46,6 +46,7 @@ from typing import Any
 from bench.common import (
     NoOpRecorder,
     Row,
+    bench_recorder,
     configure_dspy,
     make_program,
     predict_many,
@@ -76,9 +77,7 @@ def _enable(variant: str, folder: str) -> Any:
     if variant == "hooks with a no-op recorder":
         hooks.attach(NoOpRecorder())
     elif variant == "recorder alone, drafts discarded":
-        from commands.recorder import LedgerRecorder
-
-        hooks.attach(LedgerRecorder(lambda draft: None, default_actor="bench"))
+        hooks.attach(bench_recorder())
     elif variant in ("async/sqlite (writer process)", "sync/sqlite"):
         import dspy_ledger
 

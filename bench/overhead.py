@@ -26,6 +26,7 @@ from bench.common import (
     WRITERS,
     Row,
     backends,
+    bench_recorder,
     configure_dspy,
     fresh_store,
     make_program,
@@ -96,9 +97,8 @@ def _ledger_variant(stack: ExitStack, backend: str, mode: str) -> Variant:
 def _recorder_alone_variant() -> Variant:
     """The recorder on the calling thread with its drafts thrown away: no writer at all."""
     from commands import hooks
-    from commands.recorder import LedgerRecorder
 
-    recorder = LedgerRecorder(lambda draft: None, default_actor="bench")
+    recorder = bench_recorder()
 
     def enable() -> Enabled:
         hooks.attach(recorder)

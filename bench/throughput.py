@@ -21,6 +21,7 @@ from bench.common import (
     WRITERS,
     Row,
     backends,
+    bench_recorder,
     compression,
     configure_dspy,
     fresh_store,
@@ -52,12 +53,11 @@ def _in_threads(threads: int, total: int, work: Callable[[int, int], None]) -> f
 def capture_drafts(count: int) -> list[Any]:
     """Record ``count`` predictions into a list instead of a store."""
     from commands import hooks
-    from commands.recorder import LedgerRecorder
 
     configure_dspy()
     program = make_program()
     drafts: list[Any] = []
-    recorder = LedgerRecorder(drafts.append, default_actor="bench")
+    recorder = bench_recorder(drafts.append)
     hooks.attach(recorder)
     try:
         predict_many(program, count)
