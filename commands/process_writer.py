@@ -84,6 +84,8 @@ class ProcessWriter:
         self._status = WriterStatus(0, 0, 0, 0, None)
         # Drafts (pickled) handed to the writer process and not yet acknowledged as
         # committed, oldest first: what this process writes if the writer process dies.
+        # The writer reports at most once a second (or every REPORT_DRAFTS drafts), so
+        # this holds up to that many.
         self._unacknowledged: deque[bytes] = deque()
         self._fallback: AsyncWriter | None = None
         self._taken_over_at = 0  # drafts committed (or found committed) before a takeover
@@ -138,7 +140,8 @@ class ProcessWriter:
 
     @property
     def stats(self) -> WriterStats:
-        """Counters over both processes (committed, batches, retries, errors)."""
+        """Counters over both processes (committed, batches, retries, errors), the writer
+        process's as of its last report (see :attr:`pending`)."""
         stats = WriterStats()
         with self._cond:
             status, fallback = self._status, self._fallback
@@ -158,7 +161,8 @@ class ProcessWriter:
 
     @property
     def pending(self) -> int:
-        """Drafts submitted and not yet committed."""
+        """Drafts submitted and not yet committed, as of the writer process's last report:
+        exact right after ``flush()``, otherwise up to a second behind."""
         with self._cond:
             return self._submitted - self._committed()
 

@@ -3,12 +3,13 @@
 Started by :class:`commands.process_writer.ProcessWriter` (never by users), it reads
 frames (:mod:`commands.writer_protocol`) from its standard input and group-commits the
 drafts with the same handler and retry loop an in-process ledger uses, reporting its
-counters on standard output after every commit. Turning drafts into events (payload
-conversion, redaction, encryption, JSON) is most of the cost of recording; here it runs
-on another core, beside the program rather than inside it. The cyclic garbage
-collector is paused while drafts are decoded and while a batch is built and committed
-(:mod:`ledger.collector`): it cost 5-10% of the writer's CPU, a third when thousands
-of drafts wait.
+counters on standard output when the recording process waits in ``flush()``, when its
+input ends, and otherwise at most once a second (:data:`REPORT_SECONDS`). Turning drafts
+into events (payload conversion, redaction, encryption, JSON) is most of the cost of
+recording; here it runs on another core, beside the program rather than inside it.
+The cyclic garbage collector is paused while drafts are decoded and while a batch is
+built and committed (:mod:`ledger.collector`): it cost 5-10% of the writer's CPU, a
+third when thousands of drafts wait.
 
 One thread does everything: it reads whatever the pipe holds, and commits a batch when
 :data:`MAX_BATCH` drafts are waiting, when the first of them has waited
@@ -61,6 +62,11 @@ MAX_BATCH = 500
 LINGER_SECONDS = 0.02
 #: Environment variable that sets the linger, in milliseconds.
 LINGER_ENV_VAR = "DSPY_LEDGER_WRITER_LINGER_MS"
+#: Longest time between two reports of the counters while drafts keep coming ...
+REPORT_SECONDS = 1.0
+#: ... and most drafts committed without a report (what the recording process keeps in
+#: memory until then, in case this process dies).
+REPORT_DRAFTS = 2000
 #: How long the writer keeps retrying once the recording process has gone.
 FINAL_FLUSH_SECONDS = 60.0
 _READ_BYTES = 1 << 20
@@ -69,7 +75,7 @@ logger = logging.getLogger("dspy_ledger")
 
 
 class _Status:
-    """Writes the writer's counters to the recording process after every commit."""
+    """Writes the writer's counters to the recording process (see :data:`REPORT_SECONDS`)."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
@@ -146,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return time.monotonic() - gone_since > FINAL_FLUSH_SECONDS
 
     linger_seconds = _linger_seconds()
+    reported, reported_at = 0, time.monotonic()  # the counters last sent, and when
     pending: list[object] = []
     deadline = 0.0
     flush_asked = ended = False
@@ -161,6 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     def forget_wake() -> None:
         nonlocal wake
         wake = None  # closed: at its end it would read as ready for ever
+
+    def report() -> None:
+        nonlocal reported, reported_at
+        status.report(stats)
+        reported, reported_at = stats.committed, time.monotonic()
+
+    def report_due() -> bool:
+        unreported = stats.committed - reported
+        return unreported >= REPORT_DRAFTS or time.monotonic() - reported_at >= REPORT_SECONDS
 
     def take(frames: list[tuple[int, bytes]]) -> None:
         nonlocal deadline, flush_asked
@@ -185,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             if not ended:
                 wait: float | None = None  # idle: block until something arrives
+                if not pending and stats.committed > reported:  # report within a second
+                    wait = max(0.0, reported_at + REPORT_SECONDS - time.monotonic())
                 if pending:
                     wait = 0.0
                     lingering = deadline - time.monotonic()
@@ -219,11 +237,22 @@ def main(argv: list[str] | None = None) -> int:
                 stats.committed += len(batch)
                 stats.unbuildable += unbuildable
                 stats.batches += 1
-                status.report(stats)
+                # A report wakes a thread of the recording process, which must then take
+                # the interpreter lock from the program: one report per batch cost the
+                # program 10-20% of a prediction (docs/performance.md, item 16). So the
+                # counters go back when someone waits in flush(), and otherwise at most
+                # once a second (or every REPORT_DRAFTS drafts), idle or not.
+                if flush_asked or ended or report_due():
+                    report()
                 if not pending:
                     flush_asked = False
+            elif flush_asked and not pending:  # all was committed before the request
+                report()
+                flush_asked = False
             elif ended and not pending:
                 return 0
+            elif stats.committed > reported and report_due():  # idle since the commit
+                report()
     finally:
         app.close()
 

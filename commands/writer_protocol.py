@@ -8,8 +8,10 @@ payload. The recording process sends, in order:
 - ``FLUSH``: commit what has arrived without lingering (someone waits in ``flush()``).
 
 Closing the writer's input means "commit everything, then exit". The writer process
-answers with ``STATUS`` frames: a :class:`WriterStatus` after every commit and after
-every failed attempt. Only this package's own processes read these pickles.
+answers with ``STATUS`` frames, each a :class:`WriterStatus`: once the store is open, after
+the commit that answers a ``FLUSH``, and otherwise at most once a second while drafts
+keep coming (:data:`commands.writer_process.REPORT_SECONDS`). Only this package's own
+processes read these pickles.
 """
 
 from __future__ import annotations

@@ -226,7 +226,10 @@ class Ledger(IntegrityMixin, PrivacyMixin, GovernanceMixin, ReplayMixin):
 
     @property
     def pending_writes(self) -> int:
-        """Recorded calls not yet committed (async durability)."""
+        """Recorded calls not yet committed (async durability).
+
+        With the writer process (the default), as of its last report: exact right after
+        :meth:`flush`, otherwise up to a second behind."""
         return self._writer.pending
 
     def flush(self, timeout: float | None = None) -> None:

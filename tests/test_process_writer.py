@@ -336,3 +336,50 @@ def test_a_flush_wakes_the_writer_process_from_its_lingering(
             ledger.flush(timeout=10)
             assert len(only(events_of(ledger), "PredictionCompleted")) == 2 * (round_ + 1)
         ledger.uninstrument()
+
+
+def test_the_writer_process_reports_when_asked_not_after_every_batch(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each report wakes a thread of the program, which must take the interpreter lock
+    # from it: reports come when someone waits in flush(), else at most once a second.
+    from commands import process_writer, writer_process
+
+    reports = []
+    real_loads = process_writer.loads
+
+    def counting_loads(body: bytes) -> Any:
+        reports.append(time.monotonic())
+        return real_loads(body)
+
+    monkeypatch.setattr(process_writer, "loads", counting_loads)
+    monkeypatch.setenv("DSPY_LEDGER_WRITER_LINGER_MS", "1")
+    ledger = dspy_ledger.open(sqlite_url, durability="async")
+    writer = ledger._writer
+    assert isinstance(writer, ProcessWriter)
+    assert writer.wait_ready(timeout=30)
+    program = dspy.ChainOfThought("question -> answer")
+    ledger.instrument()  # not as a context: leaving that would flush
+    started = time.monotonic()
+    with dspy.context(lm=DummyLM([{"reasoning": "r", "answer": "a"}] * 6)):
+        for i in range(6):
+            program(question=f"q{i}")
+            time.sleep(0.05)  # each prediction is committed in a batch of its own
+    elapsed = time.monotonic() - started
+    # the ready report, then one per second that passed at most: not one per batch
+    assert len(reports) <= 1 + int(elapsed / writer_process.REPORT_SECONDS)
+    assert writer.stats.batches >= 6 or writer.pending > 0  # committed, maybe unreported
+    # All six are committed, maybe not yet reported: the flush gets its answer at once,
+    # not with the next periodic report (up to a second away).
+    ledger.flush(timeout=writer_process.REPORT_SECONDS / 4)
+    assert writer.stats.committed == 6
+    # idle after more predictions, the writer still reports them within a second
+    with dspy.context(lm=DummyLM([{"reasoning": "r", "answer": "a"}] * 3)):
+        for i in range(3):
+            program(question=f"more {i}")
+    deadline = time.monotonic() + writer_process.REPORT_SECONDS + 10
+    while writer.pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writer.pending == 0
+    assert writer.stats.committed == 9
+    ledger.close()
