@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 stats.batches += 1
                 # A report wakes a thread of the recording process, which must then take
                 # the interpreter lock from the program: one report per batch cost the
-                # program 10-20% of a prediction (docs/performance.md, item 16). So the
+                # program 7-17% of a prediction (docs/performance.md, item 16). So the
                 # counters go back when someone waits in flush(), and otherwise at most
                 # once a second (or every REPORT_DRAFTS drafts), idle or not.
                 if flush_asked or ended or report_due():
