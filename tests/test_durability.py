@@ -105,11 +105,15 @@ def test_concurrent_writers_lose_nothing(ledger_url: str, durability: str) -> No
     ledger.instrument()
     lm = DummyLM([{"answer": "ok"}] * 200)
     errors: list[BaseException] = []
+    # Parsed once, here: CPython 3.11's ast.parse is not safe to call from several
+    # threads at once ("AST constructor recursion depth mismatch"), and DSPy parses a
+    # signature string with it.
+    signature = dspy.Signature("question -> answer")
 
     def worker(n: int) -> None:
         try:
             with dspy.context(lm=lm), ledger.acting_as(f"user-{n}"):
-                program = dspy.Predict("question -> answer")
+                program = dspy.Predict(signature)
                 for i in range(25):
                     program(question=f"{n}-{i}")
         except BaseException as error:  # pragma: no cover - reported below
