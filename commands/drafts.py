@@ -1,17 +1,22 @@
 """What the recorder gathers while DSPy runs, before it becomes events.
 
 Drafts hold references to the live objects; :mod:`commands.handlers` converts them to
-JSON and events. In ``async`` durability that conversion runs on the writer thread, so
-the user's program pays only for gathering. The drafts made on every prediction have
-slots: several are made per call, and slots are quicker to fill and to read.
+JSON and events. In ``async`` durability that conversion runs in the writer process, so
+the user's program pays only for gathering and for pickling. The drafts made on every
+prediction have slots: several are made per call, and slots are quicker to fill and to
+read. A prediction's call tree (nested lists) and its model calls (tuples) are gathered
+in the very form they are pickled in, so that handing them to the writer process runs
+no Python code per node or per call.
 """
 
 from __future__ import annotations
 
+import operator
+import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, TypeAlias
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,27 @@ class RecordedError:
 
     type_name: str
     message: str
+
+
+def error_type_name(error: BaseException | RecordedError) -> str:
+    """The qualified class name of an exception or of a recorded one."""
+    if isinstance(error, RecordedError):
+        return error.type_name
+    return type(error).__qualname__
+
+
+def error_message(error: BaseException | RecordedError) -> str:
+    """The error's message, or its type when it has none."""
+    if isinstance(error, RecordedError):
+        return error.message
+    return str(error) or type(error).__name__
+
+
+def recorded_error(error: BaseException | RecordedError | None) -> RecordedError | None:
+    """An error as the events keep it (taken when it happens: the exception may change)."""
+    if error is None or isinstance(error, RecordedError):
+        return error
+    return RecordedError(error_type_name(error), error_message(error))
 
 
 @dataclass(frozen=True)
@@ -70,36 +96,71 @@ class Provenance:
     subject: str | None = None
 
 
-@dataclass(slots=True)
-class CallNode:
-    """One call in a prediction's call tree (a module, an LM call or a tool)."""
-
-    call_id: str
-    kind: str
-    name: str
-    started: float
-    children: list[CallNode] = field(default_factory=list)
-    latency_ms: float | None = None
-    error: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def to_tree(self) -> dict[str, Any]:
-        """The node and its children as plain data."""
-        out: dict[str, Any] = {"call_id": self.call_id, "kind": self.kind, "name": self.name}
-        if self.latency_ms is not None:
-            out["latency_ms"] = round(self.latency_ms, 3)
-        if self.error is not None:
-            out["error"] = self.error
-        if self.detail:
-            out.update(self.detail)
-        if self.children:
-            out["children"] = [child.to_tree() for child in list(self.children)]
-        return out
+#: A call tree node is a list, in the layout that is pickled for the writer process (the
+#: C pickler copies nested lists of plain values without calling back into Python):
+#: ``[call_id, kind, name, started, children, latency_ms, error, detail]``. The recorder
+#: changes it in place while the call runs; these name the positions.
+CallNode: TypeAlias = list[Any]
+CALL_ID, KIND, NAME, STARTED, CHILDREN, LATENCY_MS, ERROR, DETAIL = range(8)
 
 
-@dataclass(slots=True)
-class ModelCallDraft:
-    """One LM call, with DSPy's history entry when it was captured."""
+def new_node(call_id: str, kind: str, name: str, started: float) -> CallNode:
+    """A node for a call (a module, an LM call or a tool) that started at ``started``
+    (``time.perf_counter()``)."""
+    return [call_id, kind, name, started, [], None, None, {}]
+
+
+def call_tree(node: CallNode) -> dict[str, Any]:
+    """The node and its children as the events keep them."""
+    call_id, kind, name, _, children, latency_ms, error, detail = node
+    out: dict[str, Any] = {"call_id": call_id, "kind": kind, "name": name}
+    if latency_ms is not None:
+        out["latency_ms"] = round(latency_ms, 3)
+    if error is not None:
+        out["error"] = error
+    if detail:
+        out.update(detail)
+    if children:
+        out["children"] = [call_tree(child) for child in list(children)]
+    return out
+
+
+#: The parts of DSPy's LM history entry that the events keep.
+ENTRY_KEYS = ("usage", "cost", "messages", "outputs", "response_model")
+_ENTRY_KEY_SET = frozenset(ENTRY_KEYS)
+_entry_values = operator.itemgetter(*ENTRY_KEYS)
+
+
+def entry_parts(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The :data:`ENTRY_KEYS` of a history entry (all of them, as DSPy makes it, in one
+    C call)."""
+    if entry is None:
+        return None
+    if entry.keys() >= _ENTRY_KEY_SET:
+        return dict(zip(ENTRY_KEYS, _entry_values(entry), strict=True))
+    return {key: entry[key] for key in ENTRY_KEYS if key in entry}
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def utc_microseconds() -> int:
+    """Now, as microseconds since the epoch (UTC): cheaper to read and to send than a
+    datetime."""
+    return time.time_ns() // 1000
+
+
+def utc_moment(microseconds: int) -> datetime:
+    """The UTC datetime of :func:`utc_microseconds`' value."""
+    return _EPOCH + timedelta(microseconds=microseconds)
+
+
+class ModelCallDraft(NamedTuple):
+    """One LM call, with the parts of DSPy's history entry that the events keep.
+
+    A tuple, so that a prediction's calls travel to the writer process as plain tuples
+    (``list(map(tuple, calls))``, with no Python code per field).
+    """
 
     call_id: str
     parent_call_id: str | None
@@ -111,12 +172,17 @@ class ModelCallDraft:
     entry: dict[str, Any] | None
     cache_hit: bool | None
     latency_ms: float
-    occurred_at: datetime
-    error: BaseException | RecordedError | None
+    occurred_us: int
+    error: RecordedError | None
     outputs: Any
     secrets: frozenset[str]
     trace_id: str | None = None
     span_id: str | None = None
+
+    @property
+    def occurred_at(self) -> datetime:
+        """When the call started."""
+        return utc_moment(self.occurred_us)
 
 
 @dataclass(slots=True)

@@ -23,9 +23,11 @@ from commands.drafts import (
     Provenance,
     RecordedError,
     VersionDraft,
+    call_tree,
+    error_message,
+    error_type_name,
 )
 from commands.payloads import PayloadConverter
-from commands.portable_drafts import error_message, error_type_name
 from commands.program_state import example_inputs, inputs_digest
 from commands.redaction import ALWAYS_ON, NamedRedactor, Redaction
 from ledger.application import LedgerApplication
@@ -161,7 +163,7 @@ class DraftHandler:
             prediction.record_model_execution(
                 occurred_at=call.occurred_at, **self._model_call(call), **call_who
             )
-        tree = draft.root.to_tree()
+        tree = call_tree(draft.root)
         if draft.error is not None:
             prediction.fail(
                 error_type=error_type_name(draft.error),

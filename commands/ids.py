@@ -36,14 +36,19 @@ def new_uuid() -> uuid.UUID:
     """A random (version 4) UUID, equal to ``uuid.UUID(bytes=..., version=4)``.
 
     Built as ``UUID.__init__`` builds it, minus its argument checks, which cost as much
-    as the rest of recording a call id.
+    as the rest of recording a call id; the names it uses are bound once, below (an
+    enum member's lookup alone costs a fifth of it).
     """
-    value = int.from_bytes(_random16(), "big") & _CLEAR_VERSION | _VERSION_4
-    made = object.__new__(uuid.UUID)
-    object.__setattr__(made, "int", value)  # UUID is immutable: the way __init__ sets it
-    object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
+    made = _new(_UUID)
+    _set(made, "int", int.from_bytes(_random16(), "big") & _CLEAR_VERSION | _VERSION_4)
+    _set(made, "is_safe", _SAFE_UNKNOWN)  # UUID is immutable: set as __init__ sets it
     return made
 
+
+_new = object.__new__
+_set = object.__setattr__
+_UUID = uuid.UUID
+_SAFE_UNKNOWN = uuid.SafeUUID.unknown
 
 # RFC 4122 version 4: the variant bits 10 and the version nibble 0100.
 _CLEAR_VERSION = ~((0xC000 << 48) | (0xF000 << 64))

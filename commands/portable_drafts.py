@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
-import operator
 import pickle
 import sys
 import uuid
@@ -25,7 +24,6 @@ from types import BuiltinFunctionType, FunctionType
 from typing import Any
 
 from commands.drafts import (
-    CallNode,
     DatasetDraft,
     EvaluationDraft,
     EvaluationOutcome,
@@ -35,23 +33,10 @@ from commands.drafts import (
     Provenance,
     RecordedError,
     VersionDraft,
+    recorded_error,
 )
 from commands.payloads import Opaque, PortableSet, portable_step
 from commands.program_state import example_inputs, inputs_digest
-
-
-def error_type_name(error: BaseException | RecordedError) -> str:
-    """The qualified class name of an exception or of a recorded one."""
-    if isinstance(error, RecordedError):
-        return error.type_name
-    return type(error).__qualname__
-
-
-def error_message(error: BaseException | RecordedError) -> str:
-    """The error's message, or its type when it has none."""
-    if isinstance(error, RecordedError):
-        return error.message
-    return str(error) or type(error).__name__
 
 
 def same(value: Any) -> Any:
@@ -64,29 +49,14 @@ def uuid_from_bytes(data: bytes) -> uuid.UUID:
     return uuid.UUID(bytes=data)
 
 
-def _recorded(error: BaseException | RecordedError | None) -> RecordedError | None:
-    """A draft's error as the events keep it (an exception in a payload stays a payload)."""
-    if error is None or isinstance(error, RecordedError):
-        return error
-    return RecordedError(error_type_name(error), error_message(error))
-
-
 def _fields(cls: type, names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
     def reduce(obj: Any) -> tuple[Any, ...]:
         values = tuple(
-            _recorded(obj.error) if name == "error" else getattr(obj, name) for name in names
+            recorded_error(obj.error) if name == "error" else getattr(obj, name) for name in names
         )
         return cls, values
 
     return reduce
-
-
-#: The parts of DSPy's LM history entry that the events keep.
-ENTRY_KEYS = ("usage", "cost", "messages", "outputs", "response_model")
-
-
-_ENTRY_KEY_SET = frozenset(ENTRY_KEYS)
-_entry_values = operator.itemgetter(*ENTRY_KEYS)
 
 
 def _evaluation_outcome(result: Any) -> EvaluationOutcome | None:
@@ -103,7 +73,7 @@ def _evaluation(draft: EvaluationDraft) -> tuple[Any, ...]:
     values = tuple(
         _evaluation_outcome(draft.result)
         if name == "result"
-        else _recorded(draft.error)
+        else recorded_error(draft.error)
         if name == "error"
         else getattr(draft, name)
         for name in _names(EvaluationDraft)
@@ -173,10 +143,12 @@ def _pickle(value: Any) -> bytes:
     return buffer.getvalue()
 
 
-# A prediction, the draft recorded most, is sent as nested tuples of builtins rather than
-# as its dataclasses (ids as bytes, UTC times as microseconds): the C pickler then does
-# nearly all the work, and Python code runs only for objects that need reducing.
-_PREDICTION = "prediction:1"
+# A prediction, the draft recorded most, is sent as nested tuples and lists of builtins
+# rather than as its dataclasses (ids as bytes, UTC times as microseconds). Its call tree
+# and model calls are kept in that form from the start (commands.drafts), so encoding
+# copies them as they are: the C pickler does nearly all the work, and Python code runs
+# only for objects that need reducing.
+_PREDICTION = "prediction:2"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 _BUILTIN_VALUES = frozenset({dict, list, str, int, float, bool, type(None)})
@@ -232,40 +204,6 @@ def _fields_are_plain(kind: type) -> bool:
     )
 
 
-def _node_tuple(node: CallNode) -> tuple[Any, ...]:
-    detail = node.detail
-    if "slot" in detail:  # the LM capture slot, left only if a call never ended
-        detail = {k: v for k, v in detail.items() if k != "slot"}
-    children = [_node_tuple(child) for child in list(node.children)]
-    return (node.call_id, node.kind, node.name, node.started, children, node.latency_ms,
-            node.error, detail)  # fmt: skip
-
-
-def _node(data: tuple[Any, ...]) -> CallNode:
-    call_id, kind, name, started, children, latency_ms, error, detail = data
-    return CallNode(call_id, kind, name, started, [_node(c) for c in children], latency_ms,
-                    error, detail)  # fmt: skip
-
-
-def _call_tuple(call: ModelCallDraft) -> tuple[Any, ...]:
-    entry = call.entry
-    if entry is not None:
-        if entry.keys() >= _ENTRY_KEY_SET:  # as DSPy makes it: every key there
-            entry = dict(zip(ENTRY_KEYS, _entry_values(entry), strict=True))
-        else:
-            entry = {key: entry[key] for key in ENTRY_KEYS if key in entry}
-    return (call.call_id, call.parent_call_id, call.model, call.provider, call.request,
-            call.dropped_params, call.inputs, entry, call.cache_hit, call.latency_ms,
-            _instant(call.occurred_at), _recorded(call.error), _value(call.outputs), call.secrets,
-            call.trace_id, call.span_id)  # fmt: skip
-
-
-def _call(data: tuple[Any, ...]) -> ModelCallDraft:
-    call = ModelCallDraft(*data)
-    call.occurred_at = _moment(call.occurred_at)
-    return call
-
-
 def encode_draft(draft: object, sent: dict[uuid.UUID, VersionDraft] | None = None) -> bytes:
     """The draft as bytes that unpickle with no more than this package.
 
@@ -273,8 +211,37 @@ def encode_draft(draft: object, sent: dict[uuid.UUID, VersionDraft] | None = Non
     already sent (by id; :func:`decode_draft` reads later drafts back with it), and later
     drafts name the version by id only.
     """
+    return _pickle(_portable(draft, sent))
+
+
+class DraftEncoder:
+    """:func:`encode_draft` for one receiver, with one pickler and buffer reused.
+
+    Not thread-safe: the process writer encodes under the lock it writes the pipe with.
+    Making a pickler (a Python subclass) and its buffer for every draft cost as much as
+    pickling a prediction's call tree.
+    """
+
+    def __init__(self) -> None:
+        #: The program versions whose state this receiver has been sent.
+        self.sent: dict[uuid.UUID, VersionDraft] = {}
+        self._buffer = io.BytesIO()
+        self._pickler = _DraftPickler(self._buffer, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def encode(self, draft: object) -> bytes:
+        """The draft as :func:`encode_draft` encodes it for this receiver."""
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        self._pickler.clear_memo()  # each draft unpickles on its own
+        self._pickler.dump(_portable(draft, self.sent))
+        return buffer.getvalue()
+
+
+def _portable(draft: object, sent: dict[uuid.UUID, VersionDraft] | None) -> object:
+    """What is pickled for ``draft``: a prediction as nested tuples, anything else as is."""
     if not isinstance(draft, PredictionDraft):
-        return _pickle(draft)
+        return draft
     version = draft.version
     if version is not None and sent is not None:
         if version.version_id in sent:
@@ -284,22 +251,20 @@ def encode_draft(draft: object, sent: dict[uuid.UUID, VersionDraft] | None = Non
     if isinstance(version, uuid.UUID):
         version = version.bytes
     p = draft.provenance
-    return _pickle(
-        (
-            _PREDICTION,
-            draft.prediction_id.bytes,
-            draft.program_name,
-            version,
-            _value(draft.inputs),
-            draft.context,
-            (p.actor, _instant(p.started_at), p.trace_id, p.span_id, p.subject),
-            _node_tuple(draft.root),
-            [_call_tuple(call) for call in list(draft.model_calls)],
-            _value(draft.outputs),
-            _recorded(draft.error),
-            draft.latency_ms,
-            _instant(draft.finished_at),
-        )
+    return (
+        _PREDICTION,
+        draft.prediction_id.bytes,
+        draft.program_name,
+        version,
+        _value(draft.inputs),
+        draft.context,
+        (p.actor, _instant(p.started_at), p.trace_id, p.span_id, p.subject),
+        draft.root,  # nested lists already
+        list(map(tuple, draft.model_calls)),
+        _value(draft.outputs),
+        recorded_error(draft.error),
+        draft.latency_ms,
+        _instant(draft.finished_at),
     )
 
 
@@ -322,8 +287,8 @@ def decode_draft(body: bytes, versions: dict[uuid.UUID, VersionDraft]) -> object
         inputs=inputs,
         context=context,
         provenance=Provenance(actor, _moment(started_at), trace_id, span_id, subject),
-        root=_node(root),
-        model_calls=[_call(call) for call in calls],
+        root=root,
+        model_calls=list(map(ModelCallDraft._make, calls)),
         outputs=outputs,
         error=error,
         latency_ms=latency_ms,

@@ -29,12 +29,23 @@ from dspy.utils.callback_context import ACTIVE_CALL_ID
 
 from commands import hooks, lm_capture, scope
 from commands.drafts import (
+    CALL_ID,
+    CHILDREN,
+    DETAIL,
+    ERROR,
+    LATENCY_MS,
+    NAME,
+    STARTED,
     CallNode,
     EvaluationDraft,
     ModelCallDraft,
     OptimizationDraft,
     PredictionDraft,
     Provenance,
+    entry_parts,
+    new_node,
+    recorded_error,
+    utc_microseconds,
 )
 from commands.ids import new_uuid
 from commands.payloads import to_json
@@ -63,6 +74,8 @@ class _Active:
     # Whether this prediction's calls open spans and count metrics: decided once when
     # the prediction starts, so that with telemetry off no call pays for asking again.
     traced: bool = True
+    # An LM call's capture slot (lm_capture), while the call runs.
+    slot: dict[str, Any] | None = None
 
 
 class LedgerRecorder(BaseCallback):  # type: ignore[misc]
@@ -147,16 +160,18 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
 
     def _module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         parent = self._parent()
-        node = CallNode(call_id, "module", type(instance).__qualname__, time.perf_counter())
+        node = new_node(call_id, "module", type(instance).__qualname__, time.perf_counter())
         if parent is not None and parent.prediction is not None and not parent.standalone:
             if parent.node is not None:
-                parent.node.children.append(node)
+                parent.node[CHILDREN].append(node)
             traced = parent.traced
             self._active[call_id] = _Active(
                 node, parent.prediction, parent.actor, parent.context, traced=traced
             )
             if traced:
-                self.telemetry.call_started(call_id, ACTIVE_CALL_ID.get(), "module", node.name)
+                self.telemetry.call_started(
+                    call_id, ACTIVE_CALL_ID.get(), "module", type(instance).__qualname__
+                )
             return
         actor, context = self._who(parent)
         kwargs = inputs.get("kwargs", inputs)
@@ -194,16 +209,16 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         if active is None or active.node is None or active.prediction is None:
             return
         node, draft = active.node, active.prediction
-        node.latency_ms = (time.perf_counter() - node.started) * 1000
+        latency_ms = node[LATENCY_MS] = (time.perf_counter() - node[STARTED]) * 1000
         if exception is not None:
-            node.error = type(exception).__name__
+            node[ERROR] = type(exception).__name__
         if draft.root is not node:
             if active.traced:
                 self.telemetry.call_ended(call_id, exception)
             return
 
         try:
-            draft.latency_ms = node.latency_ms or 0.0
+            draft.latency_ms = latency_ms
             draft.finished_at = datetime.now(UTC)
             draft.outputs = outputs
             draft.error = exception
@@ -230,10 +245,10 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
     def _lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         parent = self._parent()
         model = str(getattr(instance, "model", type(instance).__name__))
-        node = CallNode(call_id, "lm", model, time.perf_counter())
+        node = new_node(call_id, "lm", model, time.perf_counter())
         if parent is not None and parent.prediction is not None:
             if parent.node is not None:
-                parent.node.children.append(node)
+                parent.node[CHILDREN].append(node)
             active = _Active(
                 node, parent.prediction, parent.actor, parent.context, traced=parent.traced
             )
@@ -255,13 +270,13 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         slot: dict[str, Any] = {
             "lm": instance,
             "inputs": inputs,
-            "parent_call_id": parent.node.call_id if parent and parent.node else None,
-            "started_at": datetime.now(UTC),
+            "parent_call_id": parent.node[CALL_ID] if parent and parent.node else None,
+            "started_us": utc_microseconds(),
             "previous": lm_capture.current_slot.get(),
         }
+        active.slot = slot
         self._active[call_id] = active
         lm_capture.current_slot.set(slot)
-        node.detail["slot"] = slot
         if active.traced:
             own = active.prediction if active.standalone else None  # the LM call is the prediction
             self.telemetry.lm_started(call_id, ACTIVE_CALL_ID.get(), instance, inputs, own)
@@ -274,17 +289,18 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         if active is None or active.node is None or active.prediction is None:
             return
         node, draft = active.node, active.prediction
-        slot = node.detail.pop("slot", {})
+        slot = active.slot or {}
         lm_capture.current_slot.set(slot.get("previous"))
-        node.latency_ms = (time.perf_counter() - node.started) * 1000
+        latency_ms = node[LATENCY_MS] = (time.perf_counter() - node[STARTED]) * 1000
         if exception is not None:
-            node.error = type(exception).__name__
+            node[ERROR] = type(exception).__name__
+        model = node[NAME]
         program = draft.program_name
         lm_trace_id = lm_span_id = None
         if active.traced:
             lm_trace_id, lm_span_id = self.telemetry.lm_ended(
                 call_id,
-                node.name,
+                model,
                 program,
                 slot.get("entry"),
                 exception,
@@ -297,7 +313,6 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
 
         try:
             lm = slot.get("lm")
-            model = node.name
             params = dict(getattr(lm, "kwargs", None) or {})
             call_inputs = dict(slot.get("inputs") or {})
             params.update(call_inputs.pop("kwargs", {}) or {})
@@ -312,11 +327,11 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
                     request=request,
                     dropped_params=dropped,
                     inputs=call_inputs,
-                    entry=slot.get("entry"),
+                    entry=entry_parts(slot.get("entry")),
                     cache_hit=slot.get("cache_hit"),
-                    latency_ms=node.latency_ms or 0.0,
-                    occurred_at=slot.get("started_at") or datetime.now(UTC),
-                    error=exception,
+                    latency_ms=latency_ms,
+                    occurred_us=slot.get("started_us") or utc_microseconds(),
+                    error=recorded_error(exception),
                     outputs=outputs,
                     secrets=secrets,
                     trace_id=lm_trace_id,
@@ -326,7 +341,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         except Exception:
             self._failed("an LM call")
         if active.standalone:
-            draft.latency_ms = node.latency_ms or 0.0
+            draft.latency_ms = latency_ms
             draft.finished_at = datetime.now(UTC)
             draft.outputs = {"outputs": outputs}
             draft.error = exception
@@ -342,10 +357,10 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
             if parent is None or parent.prediction is None:
                 return
             name = str(getattr(instance, "name", type(instance).__name__))
-            node = CallNode(call_id, "tool", name, time.perf_counter())
-            node.detail["arguments"] = to_json(inputs.get("kwargs", inputs))[0]
+            node = new_node(call_id, "tool", name, time.perf_counter())
+            node[DETAIL]["arguments"] = to_json(inputs.get("kwargs", inputs))[0]
             if parent.node is not None:
-                parent.node.children.append(node)
+                parent.node[CHILDREN].append(node)
             self._active[call_id] = _Active(
                 node, parent.prediction, parent.actor, parent.context, traced=parent.traced
             )
@@ -362,15 +377,15 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         if active is None or active.node is None:
             return
         node = active.node
-        node.latency_ms = (time.perf_counter() - node.started) * 1000
+        node[LATENCY_MS] = (time.perf_counter() - node[STARTED]) * 1000
         if active.traced:
             self.telemetry.call_ended(call_id, exception)
 
         def end() -> None:
             if exception is not None:
-                node.error = f"{type(exception).__name__}: {exception}"
+                node[ERROR] = f"{type(exception).__name__}: {exception}"
             else:
-                node.detail["result"] = to_json(outputs)[0]
+                node[DETAIL]["result"] = to_json(outputs)[0]
 
         self._guard("a tool call", end)
 

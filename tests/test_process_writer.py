@@ -90,7 +90,7 @@ def _exotic_values() -> list[Any]:
 
 def _round_trip(value: Any) -> Any:
     """``value`` as the writer process receives it (inside a prediction draft)."""
-    from commands.drafts import CallNode, PredictionDraft, Provenance
+    from commands.drafts import PredictionDraft, Provenance, new_node
 
     draft = PredictionDraft(
         prediction_id=__import__("uuid").uuid4(),
@@ -99,7 +99,7 @@ def _round_trip(value: Any) -> Any:
         inputs={"value": value},
         context="production",
         provenance=Provenance(actor="a", started_at=dt.datetime.now(dt.UTC)),
-        root=CallNode("c", "module", "P", 0.0),
+        root=new_node("c", "module", "P", 0.0),
         outputs=value,
     )
     received = decode_draft(encode_draft(draft, {}), {})
