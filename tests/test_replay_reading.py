@@ -139,3 +139,29 @@ def test_filters_choose_among_interleaved_streams(sqlite_url: str) -> None:
     # Any context but replays: the evaluations' predictions too, not only production.
     assert {p.context for p in evaluations} >= {"production"}
     assert len(evaluations) > PRODUCTION
+
+
+@pytest.mark.parametrize("one_pass_share", [0.0, 0.5, 2.0])
+def test_one_pass_two_passes_and_a_switch_between_them_read_the_same(
+    sqlite_url: str, one_pass_share: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of five events: the demo's production, evaluation and optimization streams
+    # interleave, so whether a batch is mostly chosen changes from batch to batch. A share
+    # of 0 never leaves the one pass, 2 leaves it after the first batch.
+    with dspy_ledger.open(sqlite_url) as ledger:
+        run_demo(ledger, production_predictions=PRODUCTION)
+        everyone = _decoded_in_full(ledger)
+        monkeypatch.setattr("commands.replay.selection.BATCH", 5)
+        monkeypatch.setattr("commands.replay.selection.ONE_PASS_SHARE", one_pass_share)
+        chosen = select_predictions(ledger.app, Selection())
+        bob = select_predictions(ledger.app, Selection(actor="bob"))
+        evaluations = select_predictions(ledger.app, Selection(context=None))
+        assert len(list(ledger.events())) > 5 * 10  # many batches
+    assert [str(p.prediction_id) for p in chosen] == list(everyone)
+    assert {str(p.prediction_id): _as_read(p) for p in chosen} == everyone
+    assert [str(p.prediction_id) for p in bob] == [
+        key for key, value in everyone.items() if value["actor"] == "bob"
+    ]
+    assert all(_as_read(p) == everyone[str(p.prediction_id)] for p in bob)
+    assert len(evaluations) > PRODUCTION
+    assert all(p.status in ("completed", "failed") for p in evaluations)

@@ -192,6 +192,9 @@ BATCH = 1000
 #: Positions of chosen streams this close together are read in one range: reading a
 #: few events of other streams costs less than another query.
 WINDOW_GAP = 64
+#: While at least this share of the events read belongs to chosen predictions, every
+#: field of every event is read in one pass (see :func:`fold_predictions`).
+ONE_PASS_SHARE = 0.5
 
 
 def _started(attributes: dict[str, Any]) -> RecordedPrediction:
@@ -285,20 +288,72 @@ def fold_predictions(
     """Every prediction from position ``start`` on whose start is accepted, oldest first.
 
     ``accept`` is called with a :class:`StartedView` of each ``PredictionStarted``.
-    When SQLite holds plain JSON (:func:`field_reader`), a first pass reads only who
-    started which stream and which events belong to it; a second reads what
-    :data:`RECORD_FIELDS` names of the accepted streams' events only, straight from the
-    stored rows (:class:`projections.feed.FieldReader`). Otherwise (PostgreSQL, or
-    compressed or encrypted rows) the starts and the accepted streams' events are
-    decoded, in one pass.
+    When SQLite holds plain JSON (:func:`field_reader`), what :data:`RECORD_FIELDS`
+    names is read straight from the stored rows (:class:`projections.feed.FieldReader`):
+    in one pass while most events read belong to accepted predictions (a replay of all
+    of a context, typically), and as soon as a batch shows otherwise, in two passes over
+    the rest: who started which stream first, then the accepted streams' events only.
+    Otherwise (PostgreSQL, or compressed or encrypted rows) the starts and the accepted
+    streams' events are decoded, in one pass.
     """
     reader = field_reader(app, RECORD_FIELDS)
     if not reader.fast:
         return _fold_decoding(app, reader, accept, start)
+    chosen: dict[str, RecordedPrediction] = {}
+    rest = _fold_while_most_are_chosen(reader, accept, chosen, start)
+    if rest is not None:
+        _fold_chosen_only(app, reader, accept, chosen, rest)
+    return list(chosen.values())
+
+
+def _fold_while_most_are_chosen(
+    reader: FieldReader,
+    accept: Callable[[Any], bool],
+    chosen: dict[str, RecordedPrediction],
+    start: int,
+) -> int | None:
+    """Fold every field of every event, batch by batch, while at least
+    :data:`ONE_PASS_SHARE` of a batch belongs to accepted predictions.
+
+    Returns the position to go on from in two passes, or None at the end of the store.
+    Reading the fields of events that are not wanted costs less than a second pass over
+    the wanted ones, as long as they are few.
+    """
+    while True:
+        batch = reader.read(start, None, BATCH)
+        used = 0
+        for _, event_type, attributes in batch:
+            if not attributes or event_type not in RECORD_FIELDS:
+                continue  # not a prediction's event, or one this code cannot read
+            stream = attributes["originator_id"]
+            if event_type == STARTED:
+                if not accept(StartedView(attributes)):
+                    continue
+                chosen[stream] = _started(attributes)
+            elif stream not in chosen:
+                continue
+            _apply(chosen[stream], event_type, attributes)
+            used += 1
+        if len(batch) < BATCH:
+            return None
+        start = batch[-1][0] + 1
+        if used < ONE_PASS_SHARE * len(batch):
+            return start
+
+
+def _fold_chosen_only(
+    app: LedgerApplication,
+    reader: FieldReader,
+    accept: Callable[[Any], bool],
+    chosen: dict[str, RecordedPrediction],
+    start: int,
+) -> None:
+    """Fold from ``start`` on in two passes: the starts and stream ids of every event,
+    then the fields of the accepted streams' events only (``chosen`` may already hold
+    streams whose later events come here)."""
     index = FieldReader(
         app, {name: _STARTED_FIELDS if name == STARTED else [] for name in RECORD_FIELDS}
     )
-    chosen: dict[str, RecordedPrediction] = {}
     positions: list[int] = []
     for position, event_type, attributes in _items(index, start, None):
         if not attributes or event_type not in RECORD_FIELDS:
@@ -315,7 +370,6 @@ def fold_predictions(
         for position, event_type, attributes in _items(reader, first, last):
             if position in wanted and attributes:
                 _apply(chosen[attributes["originator_id"]], event_type, attributes)
-    return list(chosen.values())
 
 
 def _fold_decoding(
