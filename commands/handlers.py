@@ -33,7 +33,26 @@ from commands.redaction import ALWAYS_ON, NamedRedactor, Redaction
 from ledger.application import LedgerApplication
 from ledger.domain import Dataset, Evaluation, OptimizationRun, Prediction, ProgramVersion
 
-__all__ = ["DraftHandler", "describe_failure", "error_message"]
+__all__ = ["DraftHandler", "billed_usd", "describe_failure", "error_message", "pricing"]
+
+
+def pricing(call: ModelCallDraft, usage: Any) -> tuple[bool, float | None]:
+    """(whether it was a cache hit, what it cost or would have) of an LM call, as its
+    ``ModelExecuted`` records them; ``usage`` is the call's usage as stored (JSON)."""
+    cache_hit = call.cache_hit
+    if cache_hit is None:  # DSPy without the finalize hook: cache hits bill no usage
+        cache_hit = call.entry is not None and not usage and call.error is None
+    cost = (call.entry or {}).get("cost")
+    return cache_hit, float(cost) if isinstance(cost, (int, float)) else None
+
+
+def billed_usd(call: ModelCallDraft) -> float | None:
+    """What an LM call billed, as its ``ModelExecuted`` records it (``cost_usd``)."""
+    usage = (call.entry or {}).get("usage") or {}
+    if type(usage) is not dict:  # stored converted: an object may convert to nothing
+        usage = PayloadConverter().convert(usage)
+    cache_hit, cost = pricing(call, usage)
+    return 0.0 if cache_hit else cost
 
 
 def _who(provenance: Provenance) -> dict[str, Any]:
@@ -191,11 +210,7 @@ class DraftHandler:
         converter = self._converter(call.secrets)
         entry = call.entry or {}
         usage = converter.convert(entry.get("usage") or {}, "$.usage")
-        cache_hit = call.cache_hit
-        if cache_hit is None:  # DSPy without the finalize hook: cache hits bill no usage
-            cache_hit = call.entry is not None and not usage and call.error is None
-        cost = entry.get("cost")
-        cost_usd = float(cost) if isinstance(cost, (int, float)) else None
+        cache_hit, cost_usd = pricing(call, usage)
         messages = entry.get("messages") if entry else None
         if messages is None:
             messages = call.inputs.get("messages") or call.inputs.get("prompt")

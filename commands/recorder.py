@@ -199,7 +199,7 @@ class LedgerRecorder(BaseCallback):  # type: ignore[misc]
         )
         if traced:
             self.telemetry.prediction_started(call_id, ACTIVE_CALL_ID.get(), draft, call_inputs)
-        scope.note_prediction_started(call_id)
+        scope.note_prediction_started(draft)
 
     def on_module_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 _actor: ContextVar[str | None] = ContextVar("dspy_ledger_actor", default=None)
 _context: ContextVar[str | None] = ContextVar("dspy_ledger_context", default=None)
@@ -81,25 +82,27 @@ def _setting(variable: ContextVar[str | None], value: str) -> Iterator[None]:
         variable.reset(token)
 
 
-#: Where the recorder notes the root call id of each prediction it starts in this context.
-_started_calls: ContextVar[list[str] | None] = ContextVar("dspy_ledger_started", default=None)
+#: Where the recorder notes the draft of each prediction it starts in this context.
+_started_calls: ContextVar[list[Any] | None] = ContextVar("dspy_ledger_started", default=None)
 
 
-def note_prediction_started(call_id: str) -> None:
-    """Called by the recorder when a top-level call becomes a prediction."""
+def note_prediction_started(draft: Any) -> None:
+    """Called by the recorder when a top-level call becomes a prediction (its draft)."""
     started = _started_calls.get()
     if started is not None:
-        started.append(call_id)
+        started.append(draft)
 
 
 @contextmanager
-def watching_predictions() -> Iterator[list[str]]:
-    """Collect the root call ids of the predictions started inside the block, in order.
+def watching_predictions() -> Iterator[list[Any]]:
+    """Collect the drafts (:class:`commands.drafts.PredictionDraft`) of the predictions
+    started inside the block, in order.
 
-    A recorded prediction's ``call_tree["call_id"]`` is that id, so a caller (replay)
-    can find the prediction its own call made among everything recorded meanwhile.
+    Once the block's calls have ended, each holds what the prediction's events will
+    record: its id, its root call id (``call_tree["call_id"]``), its latency and its
+    model calls. A caller (replay) finds there the prediction its own call made.
     """
-    started: list[str] = []
+    started: list[Any] = []
     token = _started_calls.set(started)
     try:
         yield started

@@ -33,6 +33,11 @@ class ReplayMixin:
         """Return once everything recorded so far is committed."""
         raise NotImplementedError
 
+    @property
+    def recording_errors(self) -> int:  # provided by Ledger
+        """How many recording failures this process has seen."""
+        raise NotImplementedError
+
     def replay(
         self,
         program: str | None = None,
@@ -90,6 +95,7 @@ class ReplayMixin:
                 actor=scope.current_actor() or self.actor,
                 flush=self.flush,
                 progress=progress,
+                recording_errors=lambda: self.recording_errors,
             )
         finally:
             if not was_instrumented:

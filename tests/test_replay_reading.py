@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 import dspy_ledger
+from commands.drafts import ModelCallDraft, RecordedError
+from commands.handlers import DraftHandler, billed_usd
 from commands.replay.selection import (
     RECORD_FIELDS,
     RecordedPrediction,
@@ -106,6 +108,15 @@ def test_the_replay_reads_what_decoding_every_event_reads(
             if event.type == "PredictionStarted"
             and event.data["context"] == f"replay:{report.replay_id}"
         }
+        # What the replay's own predictions' events say: latency and what they billed.
+        stored: dict[str, list[float]] = {stream: [0.0, 0.0] for stream in made}
+        for event in ledger.events():
+            if event.stream_id not in stored:
+                continue
+            if event.type == "ModelExecuted":
+                stored[event.stream_id][1] += float(event.data["cost_usd"] or 0.0)
+            elif event.type in ("PredictionCompleted", "PredictionFailed"):
+                stored[event.stream_id][0] = event.data["latency_ms"]
     assert len(expected) == PRODUCTION
     assert [str(p.prediction_id) for p in chosen] == list(expected)
     assert {str(p.prediction_id): _as_read(p) for p in chosen} == expected
@@ -115,6 +126,10 @@ def test_the_replay_reads_what_decoding_every_event_reads(
     assert report.totals.exact_match_rate == 1.0
     assert {r.replay_prediction_id for r in report.results} == set(made)
     assert all(r.latency_after_ms for r in report.results)
+    # The report takes them from what the recorder gathered; they are what the store says.
+    assert {
+        str(r.replay_prediction_id): [r.latency_after_ms, r.cost_after_usd] for r in report.results
+    } == stored
     recorded_cost = sum(
         float(call["cost_usd"] or 0.0) for p in expected.values() for call in p["model_calls"]
     )
@@ -165,3 +180,62 @@ def test_one_pass_two_passes_and_a_switch_between_them_read_the_same(
     assert all(_as_read(p) == everyone[str(p.prediction_id)] for p in bob)
     assert len(evaluations) > PRODUCTION
     assert all(p.status in ("completed", "failed") for p in evaluations)
+
+
+def test_a_replay_names_only_the_predictions_the_store_holds(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One of the replay's own predictions cannot be built into events (the writer logs
+    # it and counts it): the report must not name it, so the replay reads its
+    # predictions back from the store rather than trusting what the recorder gathered.
+    monkeypatch.setenv("DSPY_LEDGER_WRITER", "thread")  # the handler runs in this process
+    refused: list[str] = []
+    build = DraftHandler._prediction
+
+    def build_all_but_one(handler: DraftHandler, draft: Any, batch_ids: set[Any]) -> Any:
+        if draft.context.startswith("replay:") and not refused:
+            refused.append(str(draft.prediction_id))
+            raise RuntimeError("this draft cannot be built")
+        return build(handler, draft, batch_ids)
+
+    with dspy_ledger.open(sqlite_url, durability="async") as ledger:
+        run_demo(ledger, production_predictions=PRODUCTION)
+        monkeypatch.setattr(DraftHandler, "_prediction", build_all_but_one)
+        report = ledger.replay(DEMO)
+        stored = {e.stream_id for e in ledger.events() if e.type == "PredictionStarted"}
+        verdicts = [e.data for e in ledger.events() if e.type == "PredictionReplayed"]
+    named = [r.replay_prediction_id for r in report.results]
+    assert len(refused) == 1 and refused[0] not in named and refused[0] not in stored
+    assert named.count(None) == 1
+    assert all(name in stored for name in named if name is not None)
+    assert sorted(v["replay_prediction_id"] or "" for v in verdicts) == sorted(
+        name or "" for name in named
+    )
+
+
+@pytest.mark.parametrize("cache_hit", [True, False, None])
+@pytest.mark.parametrize("usage", [{}, {"prompt_tokens": 3, "completion_tokens": 2}])
+@pytest.mark.parametrize("cost", [0.25, None])
+@pytest.mark.parametrize("failed", [False, True])
+def test_what_a_replay_takes_as_billed_is_what_the_writer_records(
+    sqlite_url: str, cache_hit: bool | None, usage: dict[str, int], cost: float | None, failed: bool
+) -> None:
+    call = ModelCallDraft(
+        call_id="c",
+        parent_call_id=None,
+        model="openai/sim-qa-small",
+        provider="openai",
+        request={},
+        dropped_params=[],
+        inputs={},
+        entry={"usage": usage, "cost": cost, "messages": [], "outputs": ["x"]},
+        cache_hit=cache_hit,
+        latency_ms=1.0,
+        occurred_us=0,
+        error=RecordedError("ValueError", "bad") if failed else None,
+        outputs=["x"],
+        secrets=frozenset(),
+    )
+    with dspy_ledger.open(sqlite_url) as ledger:
+        recorded = ledger._handler._model_call(call)
+    assert billed_usd(call) == recorded["cost_usd"]

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from commands import scope
+from commands.drafts import CALL_ID
 from commands.payloads import to_json
 from commands.replay.recorded_lm import RECORD_SETTING, RecordedCalls
+from commands.replay.selection import MadePrediction, made_prediction
 
 
 @dataclass
@@ -35,7 +37,8 @@ class Job:
 
 @dataclass
 class Outcome:
-    """What one run gave: outputs or the error, and the DSPy call id of the run."""
+    """What one run gave: outputs or the error, the DSPy call id of the run, and the
+    prediction it recorded as its events will say (once the writer has committed it)."""
 
     index: int
     outputs: dict[str, Any] | None = None
@@ -43,6 +46,7 @@ class Outcome:
     error: BaseException | None = None
     call_id: str | None = None
     divergences: list[dict[str, Any]] = field(default_factory=list)
+    made: MadePrediction | None = None
 
 
 def call_arguments(inputs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -57,8 +61,11 @@ def _outputs(prediction: Any) -> dict[str, Any]:
     return converted if isinstance(converted, dict) else {"value": converted}
 
 
-def _finish(job: Job, started: list[str], prediction: Any, error: BaseException | None) -> Outcome:
-    outcome = Outcome(index=job.index, call_id=started[0] if started else None, error=error)
+def _finish(job: Job, started: list[Any], prediction: Any, error: BaseException | None) -> Outcome:
+    outcome = Outcome(index=job.index, error=error)
+    if started:  # the draft of the prediction the run recorded (its calls have ended)
+        outcome.made = made_prediction(started[0])
+        outcome.call_id = started[0].root[CALL_ID]
     if error is None:
         outcome.prediction = prediction
         outcome.outputs = _outputs(prediction)

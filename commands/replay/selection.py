@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from commands.drafts import PredictionDraft
+from commands.handlers import billed_usd
 from ledger.application import LedgerApplication
 from ledger.domain import Prediction, ProgramVersion
 from ledger.errors import PrivacyError
@@ -58,6 +60,19 @@ class MadePrediction:
     def cost_usd(self) -> float:
         """What its LM calls billed."""
         return calls_cost(self.model_calls)
+
+
+def made_prediction(draft: PredictionDraft) -> MadePrediction:
+    """What the events of a prediction recorded from ``draft`` will say of it: its id,
+    latency and LM calls priced as the writer prices them (no need to read them back)."""
+    return MadePrediction(
+        prediction_id=str(draft.prediction_id),
+        latency_ms=draft.latency_ms,
+        model_calls=[
+            {"model": call.model, "cost_usd": billed_usd(call), "latency_ms": call.latency_ms}
+            for call in draft.model_calls
+        ],
+    )
 
 
 class StartedView:

@@ -119,11 +119,16 @@ def run_replay(
     actor: str,
     flush: Callable[[], None],
     progress: Progress | None = None,
+    recording_errors: Callable[[], int] = lambda: 0,
 ) -> ReplayReport:
     """Replay the chosen predictions and record the replay; return its report.
 
-    ``flush`` must return once the recorder has committed what it recorded (the
-    replay reads its own predictions back to report their cost and latency).
+    ``flush`` must return once the recorder has committed what it recorded: the
+    replay's report and verdicts name its own predictions, so they must exist first.
+    Their cost and latency are taken from what the recorder gathered (what their events
+    say); if ``recording_errors`` (the count of recording failures) grew meanwhile,
+    they are read back from the store instead, so a report never names a prediction
+    that was not recorded.
     """
     options.check()
     metric, metric_name = metric_callable(options.metric)
@@ -157,6 +162,7 @@ def run_replay(
         progress(done[0], total)
     with collector_paused():
         jobs, load_errors = _jobs(predictions, builder, options.mode == "recorded")
+    errors_before = recording_errors()
     for _ in load_errors:
         tick()
     outcomes: dict[int, Outcome] = {}
@@ -169,7 +175,11 @@ def run_replay(
         # records say is added once they are committed.
         results, by_model = _judged(predictions, outcomes, load_errors)
         flush()
-        _add_replayed(app, results, outcomes, by_model, first_position)
+        if recording_errors() != errors_before:
+            _read_back(app, outcomes, first_position)
+        for index, outcome in outcomes.items():
+            if outcome.made is not None:
+                add_replayed(results[index], outcome.made, by_model)
     if metric is not None:
         _score_all(app, metric, predictions, outcomes, results)
     results.extend(unknown)
@@ -205,20 +215,12 @@ def _judged(
     return results, by_model
 
 
-def _add_replayed(
-    app: LedgerApplication,
-    results: list[PredictionResult],
-    outcomes: dict[int, Outcome],
-    by_model: dict[str, ModelSums],
-    first_position: int,
-) -> None:
-    """Add what the replay's own committed predictions say to each result."""
+def _read_back(app: LedgerApplication, outcomes: dict[int, Outcome], first_position: int) -> None:
+    """Take each run's prediction from what the store holds (None where it holds none)."""
     call_ids = {outcome.call_id for outcome in outcomes.values() if outcome.call_id}
     replayed = predictions_made(app, call_ids, start=first_position)
-    for index, outcome in outcomes.items():
-        made = replayed.get(outcome.call_id or "")
-        if made is not None:
-            add_replayed(results[index], made, by_model)
+    for outcome in outcomes.values():
+        outcome.made = replayed.get(outcome.call_id or "")
 
 
 def _score_all(
