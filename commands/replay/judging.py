@@ -57,8 +57,8 @@ def judge(
         verdict = "different"
     add_calls(by_model, recorded.model_calls, after=False)
     return PredictionResult(
-        original_prediction_id=str(recorded.prediction_id),
-        program_version_id=str(recorded.program_version_id or "") or None,
+        original_prediction_id=recorded.prediction_id,
+        program_version_id=recorded.program_version_id,
         verdict=verdict,
         diff=diff,
         error=error,

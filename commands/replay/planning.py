@@ -110,9 +110,9 @@ class ProgramBuilder:
     def __init__(self, app: LedgerApplication, options: ReplayOptions) -> None:
         self.app = app
         self.options = options
-        self._programs: dict[tuple[str, str], Any] = {}
-        self._errors: dict[tuple[str, str], str] = {}
-        self._versions: dict[UUID, RecordedVersion | None] = {}
+        self._programs: dict[tuple[str, object], Any] = {}
+        self._errors: dict[tuple[str, object], str] = {}
+        self._versions: dict[str, RecordedVersion | None] = {}
         self.target: RecordedVersion | None = None
         if options.program_version not in (RECORDED_VERSION, CURRENT_CODE):
             self.target = self._target_version(options.program_version)
@@ -134,12 +134,12 @@ class ProgramBuilder:
             raise InvalidInputError(msg)
         return version
 
-    def version(self, version_id: UUID | None) -> RecordedVersion | None:
-        """A recorded version, read once."""
+    def version(self, version_id: str | None) -> RecordedVersion | None:
+        """A recorded version (by its id's text), read once."""
         if version_id is None:
             return None
         if version_id not in self._versions:
-            self._versions[version_id] = load_version(self.app, version_id)
+            self._versions[version_id] = load_version(self.app, UUID(version_id))
         return self._versions[version_id]
 
     def program_for(self, prediction: RecordedPrediction) -> Any:
@@ -152,7 +152,7 @@ class ProgramBuilder:
         if path is None:
             msg = "The prediction has no recorded program version; pass --program module:factory."
             raise ProgramLoadError(msg)
-        key = (path, str(state.version_id) if state else CURRENT_CODE)
+        key = (path, state.version_id if state else CURRENT_CODE)
         if key in self._errors:
             raise ProgramLoadError(self._errors[key])
         if key not in self._programs:

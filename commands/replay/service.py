@@ -146,7 +146,7 @@ def run_replay(
             program_version=options.program_version,
             metric=metric_name,
             selection=options.selection.describe(),
-            prediction_ids=[str(p.prediction_id) for p in predictions],
+            prediction_ids=[p.prediction_id for p in predictions],
             actor=actor,
         )
         app.save_aggregates(replay)
@@ -208,7 +208,7 @@ def _judged(
     results = []
     for index, recorded in enumerate(predictions):
         if index in load_errors:
-            result = failed_result(str(recorded.prediction_id), load_errors[index], recorded.status)
+            result = failed_result(recorded.prediction_id, load_errors[index], recorded.status)
         else:
             result = judge(recorded, outcomes[index], by_model)
         results.append(result)
