@@ -14,6 +14,7 @@ from __future__ import annotations
 import operator
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeAlias
@@ -110,18 +111,29 @@ def new_node(call_id: str, kind: str, name: str, started: float) -> CallNode:
     return [call_id, kind, name, started, [], None, None, {}]
 
 
-def call_tree(node: CallNode) -> dict[str, Any]:
-    """The node and its children as the events keep them."""
+def call_tree(
+    node: CallNode, convert: Callable[[Any, str], Any] | None = None, path: str = "$.call_tree"
+) -> dict[str, Any]:
+    """The node and its children as the events keep them.
+
+    ``convert(value, path)`` (a payload converter's) is applied to what the calls carry
+    (errors, tool arguments and results), not to the tree's own ids, kinds, names and
+    latencies: a redactor must not rewrite a call id that happens to look like a card
+    number (one random call id in 600 does), or the tree would no longer name its calls.
+    """
     call_id, kind, name, _, children, latency_ms, error, detail = node
     out: dict[str, Any] = {"call_id": call_id, "kind": kind, "name": name}
     if latency_ms is not None:
         out["latency_ms"] = round(latency_ms, 3)
     if error is not None:
-        out["error"] = error
-    if detail:
-        out.update(detail)
+        out["error"] = error if convert is None else convert(error, f"{path}.error")
+    for key, value in detail.items():
+        out[key] = value if convert is None else convert(value, f"{path}.{key}")
     if children:
-        out["children"] = [call_tree(child) for child in list(children)]
+        out["children"] = [
+            call_tree(child, convert, f"{path}.children[{index}]")
+            for index, child in enumerate(list(children))
+        ]
     return out
 
 

@@ -182,12 +182,11 @@ class DraftHandler:
             prediction.record_model_execution(
                 occurred_at=call.occurred_at, **self._model_call(call), **call_who
             )
-        tree = call_tree(draft.root)
         if draft.error is not None:
             prediction.fail(
                 error_type=error_type_name(draft.error),
                 message=self._message(draft.error),
-                call_tree=self._converter().convert(tree, "$.call_tree"),
+                call_tree=call_tree(draft.root, self._converter().convert),
                 latency_ms=draft.latency_ms,
                 occurred_at=draft.finished_at,
                 **who,
@@ -197,7 +196,7 @@ class DraftHandler:
             outputs = converter.convert(draft.outputs, "$.outputs")
             prediction.complete(
                 outputs=outputs if isinstance(outputs, dict) else {"value": outputs},
-                call_tree=converter.convert(tree, "$.call_tree"),
+                call_tree=call_tree(draft.root, converter.convert),
                 latency_ms=draft.latency_ms,
                 payload_notes=dict(converter.notes),
                 occurred_at=draft.finished_at,

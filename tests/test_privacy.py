@@ -543,3 +543,44 @@ def test_acting_as_with_a_subject_encrypts_like_acting_for(ledger: Ledger) -> No
     assert started.actor == "agent-7"
     assert started.data["inputs"] == {"question": QUESTION}
     assert len(ledger.subject_status("s-42").streams) == 1
+
+
+def test_redactors_leave_the_call_trees_own_ids_alone_and_rewrite_what_calls_carry(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A random call id holds a Luhn-valid run of 13 to 19 digits about once in 600
+    # (32 hex digits); here every one does. The tree must still name its calls, and a
+    # card number in what a tool was given must still be redacted.
+    ids = [f"4111111111111111a{n:x}".ljust(32, "b") for n in range(1, 100)]
+    assert all(CARD(call_id) != call_id for call_id in ids)
+    monkeypatch.setattr("commands.hooks.new_call_id", iter(ids).__next__)
+
+    def lookup(account: str) -> str:
+        """Look an account up."""
+        return f"account {account} is open"
+
+    class Agent(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.answer = dspy.Predict("question -> answer")
+            self.tool = dspy.Tool(lookup)
+
+        def forward(self, question: str) -> dspy.Prediction:
+            self.tool(account="4111 1111 1111 1111")
+            return self.answer(question=question)
+
+    with dspy_ledger.open(ledger_url, redactors=["card"]) as ledger, ledger.instrument():
+        with dspy.context(lm=DummyLM([{"answer": "fine"}])):
+            Agent()(question="how is my account?")
+        ledger.flush()
+        completed = only(events_of(ledger), "PredictionCompleted")[-1]
+    tree = completed["call_tree"]
+    nodes = [tree, *tree["children"]]
+    assert [node["kind"] for node in nodes] == ["module", "tool", "module"]
+    assert all(node["call_id"].startswith("4111111111111111") for node in nodes)
+    tool = tree["children"][0]
+    assert tool["arguments"] == {"account": "[card]"}
+    assert tool["result"] == "account [card] is open"
+    notes = completed["payload_notes"]
+    assert notes["$.call_tree.children[0].arguments.account"] == "redacted: card"
+    assert not any(path.endswith(".call_id") for path in notes)
