@@ -29,6 +29,7 @@ SECTIONS = (
     "bench.views",
     "bench.integrity",
     "bench.replay",
+    "bench.replay_instructions",
     "bench.otel",
     "bench.storage",
 )

@@ -109,28 +109,33 @@ def _command(variant: str, count: int, folder: str) -> list[str]:
     return [sys.executable, "-m", "bench.instructions", "--worker", variant, str(count), folder]
 
 
-def _environment() -> dict[str, str]:
+def counting_environment() -> dict[str, str]:
+    """A fixed hash seed, and a writer process that commits only when the run flushes."""
     from commands.writer_process import LINGER_ENV_VAR
 
     return {**os.environ, "PYTHONHASHSEED": "0", LINGER_ENV_VAR: _LINGER_MS}
 
 
-def _counted(variant: str, count: int) -> int:
-    """Instructions this interpreter executed, start-up and all, for ``count`` predictions."""
+def counted(command: list[str]) -> int:
+    """Instructions the interpreter running ``command`` executed, start-up and all, under
+    callgrind with this section's settings (:func:`counting_environment`)."""
     with tempfile.TemporaryDirectory(prefix="dspy-ledger-callgrind-") as folder:
         out = Path(folder, "callgrind.out")
         valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--quiet"]
         subprocess.run(
-            [*valgrind, *_command(variant, count, folder)],
-            env=_environment(),
-            check=True,
-            stdout=subprocess.DEVNULL,
+            [*valgrind, *command], env=counting_environment(), check=True, stdout=subprocess.DEVNULL
         )
         for line in out.read_text().splitlines():
             if line.startswith(("totals:", "summary:")):
                 return int(line.split()[1])
-    msg = f"callgrind wrote no total for {variant!r}."
+    msg = f"callgrind wrote no total for {' '.join(command)!r}."
     raise RuntimeError(msg)
+
+
+def _counted(variant: str, count: int) -> int:
+    """Instructions this interpreter executed, start-up and all, for ``count`` predictions."""
+    with tempfile.TemporaryDirectory(prefix="dspy-ledger-instructions-") as folder:
+        return counted(_command(variant, count, folder))
 
 
 def per_prediction(variant: str, count: int = COUNT) -> float:
@@ -142,7 +147,7 @@ def _exercise() -> None:
     """Run every variant natively for a few predictions (the quick run's check)."""
     for variant in VARIANTS:
         with tempfile.TemporaryDirectory(prefix="dspy-ledger-instructions-") as folder:
-            subprocess.run(_command(variant, 2, folder), env=_environment(), check=True)
+            subprocess.run(_command(variant, 2, folder), env=counting_environment(), check=True)
 
 
 def run(quick: bool) -> list[Row]:

@@ -56,6 +56,8 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
     # The instruction counts need valgrind and minutes; the quick run still runs each
     # of their variants natively (a failing variant fails the run).
     assert "instructions are counted in the full run only" in result.stdout
+    # So are a replay's: its quick run records two predictions and replays them natively.
+    assert "replay instructions are counted in the full run only" in result.stdout
     markdown = (tmp_path / "bench-results.md").read_text()
     assert "| async/sqlite (hot path) |" in markdown
     for optional in ("bench.views", "bench.integrity", "bench.replay"):
