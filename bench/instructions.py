@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -174,18 +175,30 @@ def run(quick: bool) -> list[Row]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.instructions [--quick]``, or one counted ``--worker`` run."""
-    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="exercise the variants only")
+def counting_main(
+    argv: list[str] | None,
+    module: Any,
+    work: Callable[[str, int, str], None],
+    value_format: str,
+) -> int:
+    """``python -m <module> [--quick]`` for a counting section, or one ``--worker`` run
+    (what :func:`counted` counts: ``work(variant, count, folder)``)."""
+    name = getattr(module.__spec__, "name", None) or module.__name__  # not "__main__"
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=module.__doc__)
+    parser.add_argument("--quick", action="store_true", help="run the variants natively only")
     parser.add_argument("--worker", nargs=3, metavar=("VARIANT", "COUNT", "FOLDER"))
     args = parser.parse_args(argv)
     if args.worker:
         variant, count, folder = args.worker
-        _work(variant, int(count), folder)
+        work(variant, int(count), folder)
         return 0
-    print_rows(run(args.quick), "12,.0f")
+    print_rows(module.run(args.quick), value_format)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.instructions [--quick]``, or one counted ``--worker`` run."""
+    return counting_main(argv, sys.modules[__name__], _work, "12,.0f")
 
 
 if __name__ == "__main__":

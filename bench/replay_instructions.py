@@ -21,7 +21,6 @@ predictions natively, so that the section cannot rot unseen.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -29,8 +28,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.common import Row, print_rows, row, usable_cpus, writer_ready
-from bench.instructions import counted, counting_environment
+from bench.common import Row, row, usable_cpus, writer_ready
+from bench.instructions import counted, counting_environment, counting_main
 from bench.replay import PROGRAM, TARGET_RATIO, _bare, _record
 
 SECTION = "4b. Replay, instructions per prediction (callgrind, this process only)"
@@ -119,18 +118,7 @@ def run(quick: bool) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.replay_instructions [--quick]``, or one counted ``--worker`` run."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.replay_instructions", description=__doc__
-    )
-    parser.add_argument("--quick", action="store_true", help="replay two predictions natively")
-    parser.add_argument("--worker", nargs=3, metavar=("VARIANT", "COUNT", "FOLDER"))
-    args = parser.parse_args(argv)
-    if args.worker:
-        variant, count, folder = args.worker
-        _work(variant, int(count), folder)
-        return 0
-    print_rows(run(args.quick), "12,.2f")
-    return 0
+    return counting_main(argv, sys.modules[__name__], _work, "12,.2f")
 
 
 if __name__ == "__main__":
