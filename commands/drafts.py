@@ -153,7 +153,9 @@ def entry_parts(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     return {key: entry[key] for key in ENTRY_KEYS if key in entry}
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The epoch and the unit of the UTC microseconds that drafts carry times in.
+UTC_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
 
 
 def utc_microseconds() -> int:
@@ -164,7 +166,7 @@ def utc_microseconds() -> int:
 
 def utc_moment(microseconds: int) -> datetime:
     """The UTC datetime of :func:`utc_microseconds`' value."""
-    return _EPOCH + timedelta(microseconds=microseconds)
+    return UTC_EPOCH + microseconds * MICROSECOND
 
 
 class ModelCallDraft(NamedTuple):

@@ -24,6 +24,8 @@ from types import BuiltinFunctionType, FunctionType
 from typing import Any
 
 from commands.drafts import (
+    MICROSECOND,
+    UTC_EPOCH,
     DatasetDraft,
     EvaluationDraft,
     EvaluationOutcome,
@@ -34,6 +36,7 @@ from commands.drafts import (
     RecordedError,
     VersionDraft,
     recorded_error,
+    utc_moment,
 )
 from commands.payloads import Opaque, PortableSet, portable_step
 from commands.program_state import example_inputs, inputs_digest
@@ -149,19 +152,17 @@ def _pickle(value: Any) -> bytes:
 # copies them as they are: the C pickler does nearly all the work, and Python code runs
 # only for objects that need reducing.
 _PREDICTION = "prediction:2"
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_MICROSECOND = dt.timedelta(microseconds=1)
 _BUILTIN_VALUES = frozenset({dict, list, str, int, float, bool, type(None)})
 
 
 def _instant(moment: dt.datetime | None) -> Any:
     if moment is not None and moment.tzinfo is dt.UTC:
-        return (moment - _EPOCH) // _MICROSECOND
+        return (moment - UTC_EPOCH) // MICROSECOND
     return moment
 
 
 def _moment(value: Any) -> Any:
-    return _EPOCH + value * _MICROSECOND if type(value) is int else value
+    return utc_moment(value) if type(value) is int else value
 
 
 def _value(value: Any) -> Any:

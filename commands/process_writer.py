@@ -29,14 +29,13 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import IO, Any
-from uuid import UUID
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
-from commands.drafts import EvaluationDraft, OptimizationDraft, PredictionDraft, VersionDraft
+from commands.drafts import EvaluationDraft, OptimizationDraft, PredictionDraft
 from commands.handlers import DraftHandler
 from commands.portable_drafts import DraftEncoder, decode_draft
 from commands.writer import AsyncWriter, WriterStats
@@ -107,7 +106,6 @@ class ProcessWriter:
         # Program versions whose state went down the pipe: later drafts name them by id,
         # and this process reads them back with it if it takes over.
         self._encoder = DraftEncoder()
-        self._versions: dict[UUID, VersionDraft] = self._encoder.sent
         # Held while writing to the pipe: the pipe's order is the order drafts are
         # committed and acknowledged in, and a version's state precedes its mentions.
         self._pipe_lock = threading.Lock()
@@ -341,7 +339,8 @@ class ProcessWriter:
         )
         fallback = AsyncWriter(self.handler, on_commit=self._wake_waiters)
         with self._cond:
-            pending = [decode_draft(body, self._versions) for body in self._unacknowledged]
+            sent = self._encoder.sent  # the versions the bodies name by id only
+            pending = [decode_draft(body, sent) for body in self._unacknowledged]
             self._unacknowledged.clear()
             # A batch may have been committed just before the writer died, unreported.
             resubmit = [d for d in pending if not self._already_committed(d)]

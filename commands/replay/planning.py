@@ -110,8 +110,9 @@ class ProgramBuilder:
     def __init__(self, app: LedgerApplication, options: ReplayOptions) -> None:
         self.app = app
         self.options = options
-        self._programs: dict[tuple[str, object], Any] = {}
-        self._errors: dict[tuple[str, object], str] = {}
+        # By module path and version id (or CURRENT_CODE).
+        self._programs: dict[tuple[str, UUID | str], Any] = {}
+        self._errors: dict[tuple[str, UUID | str], str] = {}
         self._versions: dict[str, RecordedVersion | None] = {}
         self.target: RecordedVersion | None = None
         if options.program_version not in (RECORDED_VERSION, CURRENT_CODE):
