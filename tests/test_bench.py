@@ -53,6 +53,14 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
     # Every recorded prediction stores something, and less than a megabyte.
     stored = next(i for i in rows if i["name"] == "sqlite: event rows per prediction")
     assert 200 < stored["value"] < 1_000_000
+    # A replay's target is its steady rate (N and 3N predictions), against the bare
+    # program's, and every replayed prediction matched its record.
+    steady = next(i for i in rows if i["name"].startswith("recorded replay, steady rate"))
+    assert steady["target"] and steady["baseline"] > 0
+    whole = [i for i in rows if i["name"].startswith("recorded replay, whole run of")]
+    assert len(whole) == 2
+    exact = next(i for i in rows if i["name"] == "recorded replay exact-match rate")
+    assert exact["value"] == 1.0
     # The instruction counts need valgrind and minutes; the quick run still runs each
     # of their variants natively (a failing variant fails the run).
     assert "instructions are counted in the full run only" in result.stdout
