@@ -112,6 +112,11 @@ class DraftHandler:
         msg = f"Unknown draft type {type(draft).__name__}."
         raise TypeError(msg)
 
+    def as_stored(self, value: Any, path: str = "$") -> Any:
+        """``value`` as this handler stores a payload: JSON, with its strings redacted and
+        held to the string limit (``path`` names it in the converter's notes)."""
+        return self._converter().convert(value, path)
+
     def _converter(self, secrets: frozenset[str] = frozenset()) -> PayloadConverter:
         return PayloadConverter(
             max_string_bytes=self.max_string_bytes, secrets=secrets, redactors=self.redaction

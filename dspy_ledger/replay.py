@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from commands import scope
+from commands.handlers import DraftHandler
 from commands.replay import ReplayOptions, ReplayReport, Selection, run_replay
 from ledger.application import LedgerApplication
 
@@ -20,6 +21,7 @@ class ReplayMixin:
     app: LedgerApplication
     actor: str
     _instrumented: bool
+    _handler: DraftHandler
 
     def instrument(self) -> Any:  # provided by Ledger
         """Record every DSPy call from now on."""
@@ -96,6 +98,7 @@ class ReplayMixin:
                 flush=self.flush,
                 progress=progress,
                 recording_errors=lambda: self.recording_errors,
+                convert=self._handler.as_stored,
             )
         finally:
             if not was_instrumented:

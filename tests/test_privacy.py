@@ -584,3 +584,99 @@ def test_redactors_leave_the_call_trees_own_ids_alone_and_rewrite_what_calls_car
     notes = completed["payload_notes"]
     assert notes["$.call_tree.children[0].arguments.account"] == "redacted: card"
     assert not any(path.endswith(".call_id") for path in notes)
+
+
+DEMO = "dspy_ledger.demo:build_program"
+PUBLIC_QUESTION = "What is the capital of France?"
+
+
+def reasoned(answer: str) -> dict[str, str]:
+    """An answer of the demo's ChainOfThought program."""
+    return {"reasoning": "Looked it up.", "answer": answer}
+
+
+def test_a_replay_keeps_a_subjects_data_sealed_and_forgetting_erases_its_copies(
+    ledger_url: str, master_key: str
+) -> None:
+    from dspy_ledger.demo import build_program
+
+    with dspy_ledger.open(ledger_url, actor="tester", master_key=master_key) as ledger:
+        ledger.instrument()
+        program = build_program()
+        with dspy.context(lm=DummyLM([reasoned(ANSWER), reasoned("Paris")])):
+            with ledger.acting_for("subject-123"):
+                program(question=QUESTION)
+            program(question=PUBLIC_QUESTION)
+        report = ledger.replay(DEMO)
+        assert [r.verdict for r in report.results] == ["identical", "identical"]
+        # The replay's own prediction of the subject's, and its verdict, are sealed too.
+        raw = stored_states(ledger)
+        assert b"Jane Roe" not in raw and PUBLIC_QUESTION.encode() in raw
+        context = f"replay:{report.replay_id}"
+        copies = [
+            s for s in only(events_of(ledger), "PredictionStarted") if s["context"] == context
+        ]
+        assert [(s["inputs"], s["subject"]) for s in copies] == [
+            ({"question": QUESTION}, "subject-123"),
+            ({"question": PUBLIC_QUESTION}, None),
+        ]
+        verdicts = only(events_of(ledger), "PredictionReplayed")
+        assert [v["subject"] for v in verdicts] == ["subject-123", None]
+
+        ledger.forget("subject-123", reason="erasure request", by="dpo")
+        events = events_of(ledger)
+        copies = [s for s in only(events, "PredictionStarted") if s["context"] == context]
+        assert copies[0]["inputs"] == ERASED  # the replay's copy is erased with the original
+        assert copies[1]["inputs"] == {"question": PUBLIC_QUESTION}
+        verdicts = only(events, "PredictionReplayed")
+        assert verdicts[0]["diff"] == ERASED and verdicts[1]["diff"] == []
+
+        # An erased prediction has nothing to replay: it says so, and the rest goes on.
+        again = ledger.replay(DEMO)
+    outcome = {r.verdict: r.error for r in again.results}
+    assert set(outcome) == {"failed", "identical"}
+    assert "erased" in str(outcome["failed"]) and "forgotten" in str(outcome["failed"])
+
+
+class DecliningLM(DummyLM):  # type: ignore[misc]
+    """An LM whose every call fails with a card number in its message."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("card 4111 1111 1111 1111 was declined")
+
+
+def test_a_live_replay_compares_and_stores_what_it_saw_as_the_ledger_redacts_it(
+    ledger_url: str,
+) -> None:
+    from dspy_ledger.demo import build_program
+
+    card = "4111 1111 1111 1111"
+    with dspy_ledger.open(ledger_url, redactors=["card"]) as ledger:
+        ledger.instrument()
+        with dspy.context(lm=DummyLM([reasoned(f"Paid with card {card}")])):
+            build_program()(question="How did I pay?")
+        # The same answer, live: identical to the record, which holds it redacted.
+        same = ledger.replay(DEMO, lm=DummyLM([reasoned(f"Paid with card {card}")]))
+        # Another answer, live: different, and the diff shows it without the number. (A
+        # different card alone would read the same: the record holds "[card]" only.)
+        other = ledger.replay(DEMO, lm=DummyLM([reasoned("Refunded to card 5500 0000 0000 0004")]))
+        # A failure whose message holds a card number: stored redacted.
+        failed = ledger.replay(DEMO, lm=DecliningLM([]))
+        raw = stored_states(ledger)
+        verdicts = only(events_of(ledger), "PredictionReplayed")
+    assert [r.verdict for r in same.results] == ["identical"]
+    [changed] = other.results
+    assert changed.verdict == "different"
+    assert [(d.field, d.recorded, d.replayed) for d in changed.diff] == [
+        ("answer", "Paid with card [card]", "Refunded to card [card]")
+    ]
+    assert verdicts[1]["diff"] == [
+        {
+            "field": "answer",
+            "recorded": "Paid with card [card]",
+            "replayed": "Refunded to card [card]",
+        }
+    ]
+    assert [r.verdict for r in failed.results] == ["failed"]
+    assert "[card]" in str(verdicts[2]["error"])
+    assert b"4111 1111 1111 1111" not in raw and b"5500 0000 0000 0004" not in raw

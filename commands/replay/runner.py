@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +26,24 @@ from commands.replay.recorded_lm import RECORD_SETTING, RecordedCalls
 from commands.replay.selection import MadePrediction, made_prediction
 
 
+def as_json(value: Any, path: str) -> Any:
+    """A value converted to JSON as the ledger converts what it stores, with only the
+    redactors that are always on (a replay is given its ledger's own conversion)."""
+    return to_json(value)[0]
+
+
 @dataclass
 class Job:
-    """One prediction to run: the program, its inputs, and (recorded mode) its record."""
+    """One prediction to run: the program, its inputs, (recorded mode) its record, the
+    data subject it concerns (recorded under that subject again), and how its outputs
+    are converted to be compared with the record (as the ledger stored those)."""
 
     index: int
     program: Any
     inputs: dict[str, Any]
     record: RecordedCalls | None
+    subject: str | None = None
+    convert: Callable[[Any, str], Any] = as_json
 
 
 @dataclass
@@ -56,8 +67,8 @@ def call_arguments(inputs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     return list(args) if isinstance(args, list) else [args], kwargs
 
 
-def _outputs(prediction: Any) -> dict[str, Any]:
-    converted, _ = to_json(prediction)
+def _outputs(job: Job, prediction: Any) -> dict[str, Any]:
+    converted = job.convert(prediction, "$.outputs")
     return converted if isinstance(converted, dict) else {"value": converted}
 
 
@@ -68,18 +79,30 @@ def _finish(job: Job, started: list[Any], prediction: Any, error: BaseException 
         outcome.call_id = started[0].root[CALL_ID]
     if error is None:
         outcome.prediction = prediction
-        outcome.outputs = _outputs(prediction)
+        outcome.outputs = _outputs(job, prediction)
     if job.record is not None:
         outcome.divergences = list(job.record.divergences)
     return outcome
 
 
-def _settings(job: Job) -> Any:
+def _settings(job: Job) -> AbstractContextManager[Any]:
+    """The job's record as a DSPy setting, and its data subject as the recorder's."""
     import dspy
 
-    if job.record is None:
-        return contextlib.nullcontext()
-    return dspy.context(**{RECORD_SETTING: job.record})
+    record = (
+        contextlib.nullcontext()
+        if job.record is None
+        else dspy.context(**{RECORD_SETTING: job.record})
+    )
+    if not job.subject:
+        return record
+    return _concerning(job.subject, record)
+
+
+@contextlib.contextmanager
+def _concerning(subject: str, record: AbstractContextManager[Any]) -> Iterator[None]:
+    with record, scope.acting_for(subject):
+        yield
 
 
 def run_sync(job: Job) -> Outcome:

@@ -41,6 +41,8 @@ class RecordedPrediction:
     error_message: str | None = None
     call_tree: dict[str, Any] = field(default_factory=dict)
     latency_ms: float | None = None
+    #: The data subject it concerned (its personal fields are sealed under its key).
+    subject: str | None = None
 
     @property
     def cost_usd(self) -> float:
@@ -180,6 +182,7 @@ _STARTED_FIELDS = [
     "context",
     "actor",
     "timestamp@time",
+    "subject",
 ]
 
 #: What a replay reads of a recorded prediction it replays (:class:`FieldReader` paths).
@@ -227,6 +230,7 @@ def _started(attributes: dict[str, Any]) -> RecordedPrediction:
         context=str(attributes.get("context")),
         actor=str(attributes.get("actor")),
         timestamp=datetime.fromisoformat(attributes["timestamp"]),
+        subject=attributes.get("subject"),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
 
@@ -24,7 +24,7 @@ from commands.replay.planning import ProgramBuilder, ReplayOptions, live_lm, met
 from commands.replay.programs import ProgramLoadError
 from commands.replay.recorded_lm import RecordedAnswersLM, recorded_calls
 from commands.replay.report import PredictionResult, ReplayReport, ReplayTotals, summarize
-from commands.replay.runner import Job, Outcome, is_async_program, run_jobs
+from commands.replay.runner import Job, Outcome, as_json, is_async_program, run_jobs
 from commands.replay.selection import (
     RecordedPrediction,
     load_prediction,
@@ -34,8 +34,11 @@ from commands.replay.selection import (
 from ledger.application import LedgerApplication
 from ledger.collector import collector_paused
 from ledger.domain import Replay
+from ledger.privacy import ERASED
 
 Progress = Callable[[int, int], None]
+#: Converts a value to JSON as the ledger stores it: ``convert(value, path)``.
+Convert = Callable[[Any, str], Any]
 
 
 def _chosen(
@@ -62,10 +65,21 @@ def _chosen(
 
 
 def _jobs(
-    predictions: list[RecordedPrediction], builder: ProgramBuilder, recorded_mode: bool
+    predictions: list[RecordedPrediction],
+    builder: ProgramBuilder,
+    recorded_mode: bool,
+    convert: Convert,
 ) -> tuple[list[Job], dict[int, str]]:
     jobs, load_errors = [], {}
     for index, prediction in enumerate(predictions):
+        # Recorded inputs are always a dict, until its subject is forgotten: then ERASED.
+        recorded_inputs: Any = prediction.inputs
+        if recorded_inputs == ERASED or not isinstance(recorded_inputs, dict):
+            load_errors[index] = (
+                f"Prediction {prediction.prediction_id}'s inputs were erased (its data "
+                "subject was forgotten); there is nothing to replay."
+            )
+            continue
         try:
             program = builder.program_for(prediction)
         except ProgramLoadError as error:
@@ -74,7 +88,16 @@ def _jobs(
         record = (
             recorded_calls(prediction.model_calls, prediction.call_tree) if recorded_mode else None
         )
-        jobs.append(Job(index=index, program=program, inputs=prediction.inputs, record=record))
+        jobs.append(
+            Job(
+                index=index,
+                program=program,
+                inputs=prediction.inputs,
+                record=record,
+                subject=prediction.subject,
+                convert=convert,
+            )
+        )
     return jobs, load_errors
 
 
@@ -120,6 +143,7 @@ def run_replay(
     flush: Callable[[], None],
     progress: Progress | None = None,
     recording_errors: Callable[[], int] = lambda: 0,
+    convert: Convert = as_json,
 ) -> ReplayReport:
     """Replay the chosen predictions and record the replay; return its report.
 
@@ -129,6 +153,11 @@ def run_replay(
     say); if ``recording_errors`` (the count of recording failures) grew meanwhile,
     they are read back from the store instead, so a report never names a prediction
     that was not recorded.
+
+    ``convert(value, path)`` turns a value into JSON as the ledger stores it (its
+    redactors and string limit): the replayed outputs are compared with the recorded
+    ones in that form, and what the verdicts store passes through it. Each prediction
+    is replayed, and its verdict recorded, under the data subject it concerned.
     """
     options.check()
     metric, metric_name = metric_callable(options.metric)
@@ -161,7 +190,7 @@ def run_replay(
     if progress is not None:
         progress(done[0], total)
     with collector_paused():
-        jobs, load_errors = _jobs(predictions, builder, options.mode == "recorded")
+        jobs, load_errors = _jobs(predictions, builder, options.mode == "recorded", convert)
     errors_before = recording_errors()
     for _ in load_errors:
         tick()
@@ -182,10 +211,19 @@ def run_replay(
                 add_replayed(results[index], outcome.made, by_model)
     if metric is not None:
         _score_all(app, metric, predictions, outcomes, results)
+    subjects = [p.subject for p in predictions] + [None] * len(unknown)
     results.extend(unknown)
     totals = summarize(results, model_totals(by_model))
     with collector_paused():
-        _record_results(app, replay, results, totals, actor=actor, started=started)
+        _record_results(
+            app,
+            replay,
+            zip(results, subjects, strict=True),
+            totals,
+            actor=actor,
+            started=started,
+            convert=convert,
+        )
     return ReplayReport(
         replay_id=str(replay_id),
         mode=options.mode,
@@ -240,22 +278,33 @@ def _score_all(
 def _record_results(
     app: LedgerApplication,
     replay: Replay,
-    results: list[PredictionResult],
+    results: Iterable[tuple[PredictionResult, str | None]],
     totals: ReplayTotals,
     *,
     actor: str,
     started: float,
+    convert: Convert,
 ) -> None:
-    """Record one ``PredictionReplayed`` per result and ``ReplayCompleted``, in one write."""
-    for result in results:
+    """Record one ``PredictionReplayed`` per result (under the data subject its
+    prediction concerned) and ``ReplayCompleted``, in one write.
+
+    The diff, error and divergence repeat what the program said and was asked, live
+    values included, so they are stored as the ledger stores such values: converted,
+    redacted, and (for a subject) sealed.
+    """
+    for result, subject in results:
+        diff = [d.model_dump(mode="json") for d in result.diff]
         replay.record_result(
             original_prediction_id=result.original_prediction_id,
             replay_prediction_id=result.replay_prediction_id,
             verdict=result.verdict,
-            diff=[d.model_dump(mode="json") for d in result.diff],
-            error=result.error,
-            divergence=result.divergence,
+            diff=convert(diff, "$.diff") if diff else diff,
+            error=None if result.error is None else _text(convert, result.error, "$.error"),
+            divergence=(
+                None if result.divergence is None else convert(result.divergence, "$.divergence")
+            ),
             actor=actor,
+            subject=subject,
         )
     replay.complete(
         totals=totals.model_dump(mode="json"),
@@ -263,3 +312,9 @@ def _record_results(
         actor=actor,
     )
     app.save_aggregates(replay)
+
+
+def _text(convert: Convert, text: str, path: str) -> str:
+    """Text as the ledger stores it: redacted; a string over its limit keeps its prefix."""
+    converted = convert(text, path)
+    return converted if isinstance(converted, str) else str(converted.get("prefix", ""))

@@ -32,7 +32,12 @@ class Replay(LedgerAggregate):
         prediction_ids: list[str]
 
     class PredictionReplayed(LedgerAggregate.Event):
-        """One recorded prediction was replayed and judged."""
+        """One recorded prediction was replayed and judged.
+
+        The diff, the error and the divergence repeat what the prediction said (its
+        outputs, its prompt): personal fields, sealed under the subject's key when the
+        prediction concerned a data subject, so forgetting the subject erases them too.
+        """
 
         original_prediction_id: str
         replay_prediction_id: str | None
@@ -40,6 +45,8 @@ class Replay(LedgerAggregate):
         diff: list[dict[str, Any]]
         error: str | None
         divergence: dict[str, Any] | None
+
+        personal_fields = ("diff", "error", "divergence")
 
         def apply(self, aggregate: Replay) -> None:
             """Count the verdict."""
@@ -106,8 +113,10 @@ class Replay(LedgerAggregate):
         actor: str,
         trace_id: str | None = None,
         span_id: str | None = None,
+        subject: str | None = None,
     ) -> None:
-        """Record the verdict on one replayed prediction (``PredictionReplayed``)."""
+        """Record the verdict on one replayed prediction (``PredictionReplayed``); pass
+        the data subject the prediction concerned, if any."""
         self._check_not_finished()
         self.record(
             self.PredictionReplayed,
@@ -118,7 +127,7 @@ class Replay(LedgerAggregate):
             diff=diff,
             error=error,
             divergence=divergence,
-            **provenance(actor, trace_id, span_id),
+            **provenance(actor, trace_id, span_id, subject),
         )
 
     def complete(
