@@ -631,8 +631,11 @@ def test_a_replay_keeps_a_subjects_data_sealed_and_forgetting_erases_its_copies(
         verdicts = only(events, "PredictionReplayed")
         assert verdicts[0]["diff"] == ERASED and verdicts[1]["diff"] == []
 
-        # An erased prediction has nothing to replay: it says so, and the rest goes on.
+        # An erased prediction has nothing to replay: it says so, and the rest goes on,
+        # and the forgotten subject gets no key again.
         again = ledger.replay(DEMO)
+        status = ledger.subject_status("subject-123")
+    assert status.live_keys == 0
     outcome = {r.verdict: r.error for r in again.results}
     assert set(outcome) == {"failed", "identical"}
     assert "erased" in str(outcome["failed"]) and "forgotten" in str(outcome["failed"])

@@ -64,6 +64,13 @@ def _chosen(
     return found, missing
 
 
+def _erased(prediction: RecordedPrediction) -> bool:
+    """True if the prediction's inputs were erased with its data subject (they are
+    recorded as a dict, and read as ERASED once the subject is forgotten)."""
+    recorded_inputs: Any = prediction.inputs
+    return bool(recorded_inputs == ERASED or not isinstance(recorded_inputs, dict))
+
+
 def _jobs(
     predictions: list[RecordedPrediction],
     builder: ProgramBuilder,
@@ -72,9 +79,7 @@ def _jobs(
 ) -> tuple[list[Job], dict[int, str]]:
     jobs, load_errors = [], {}
     for index, prediction in enumerate(predictions):
-        # Recorded inputs are always a dict, until its subject is forgotten: then ERASED.
-        recorded_inputs: Any = prediction.inputs
-        if recorded_inputs == ERASED or not isinstance(recorded_inputs, dict):
+        if _erased(prediction):
             load_errors[index] = (
                 f"Prediction {prediction.prediction_id}'s inputs were erased (its data "
                 "subject was forgotten); there is nothing to replay."
@@ -211,7 +216,9 @@ def run_replay(
                 add_replayed(results[index], outcome.made, by_model)
     if metric is not None:
         _score_all(app, metric, predictions, outcomes, results)
-    subjects = [p.subject for p in predictions] + [None] * len(unknown)
+    # A verdict on an erased prediction holds nothing of its subject's: it is not sealed
+    # (sealing would give the forgotten subject a key again).
+    subjects = [None if _erased(p) else p.subject for p in predictions] + [None] * len(unknown)
     results.extend(unknown)
     totals = summarize(results, model_totals(by_model))
     with collector_paused():
