@@ -90,6 +90,12 @@ class LedgerApplication(Application[UUID]):
             processing_event.events.extend(aggregate.collect_events())
             processing_event.aggregates[aggregate.id] = aggregate
         try:
+            if self.subject_keys.master is not None:
+                # The streams a batch seals under subjects' keys are noted in one commit
+                # before it (instead of one commit per new stream as each is sealed).
+                self.subject_keys.note_streams(
+                    PrivacyMapper.sealed_streams(processing_event.events)
+                )
             recordings = self._record(processing_event)
             self._take_snapshots(processing_event)
             self._notify(recordings)

@@ -238,11 +238,22 @@ class FieldReader:
             if {name.split(".")[0] for name, _ in paths} & personal.get(event_type, set())
         ]
 
-    def _decode_at(self, position: int) -> ViewItem:
-        [notification] = self.app.recorder.select_notifications(
-            start=position, limit=1, stop=position
+    def _decode_sealed(self, items: list[ViewItem], indexes: list[int]) -> None:
+        """Decode the batch's rows sealed under a data subject's key, in place.
+
+        The mapper opens each (or marks it erased). They are read again in one query over
+        the batch's range rather than one each: a query per sealed event made a ledger of
+        subjects' predictions about ten times slower to read than one without.
+        """
+        wanted = {items[index][0]: index for index in indexes}
+        first, last = items[indexes[0]][0], items[indexes[-1]][0]
+        notifications = self.app.recorder.select_notifications(
+            start=first, limit=last - first + 1, stop=last
         )
-        return self.decode(notification)
+        for notification in notifications:
+            index = wanted.get(notification.id)
+            if index is not None:
+                items[index] = self.decode(notification)
 
     def event_type(self, topic: str) -> str:
         """The event type named by a topic (cached: a ledger has few topics)."""
@@ -260,6 +271,7 @@ class FieldReader:
         plans = self._plans
         streams: dict[Any, str] = {}  # UUIDs as dashed text: a batch repeats most
         items: list[ViewItem] = []
+        sealed: list[int] = []  # where the batch's sealed rows go, decoded at the end
         for position, topic, stream_id, version, text in rows:
             found = None if text is None else next(parsed)
             event_type = self._types.get(topic) or self.event_type(topic)
@@ -273,9 +285,9 @@ class FieldReader:
             attributes: dict[str, Any] = {"originator_id": stream, "originator_version": version}
             if found:
                 if found[-1] is not None:
-                    # Sealed under a data subject's key: the mapper opens it (or marks it
-                    # erased).
-                    items.append(self._decode_at(position))
+                    # Sealed under a data subject's key: decoded with the batch's others.
+                    sealed.append(len(items))
+                    items.append((position, event_type, NOT_READ))
                     continue
                 names, times, uuids = plan
                 attributes.update(zip(names, found, strict=False))
@@ -295,6 +307,8 @@ class FieldReader:
                         if type(value) is dict or type(value) is list:
                             attributes[name] = plain_value(value)
             items.append((position, event_type, attributes))
+        if sealed:
+            self._decode_sealed(items, sealed)
         return items
 
     def decode(self, notification: Notification) -> ViewItem:

@@ -429,13 +429,18 @@ def test_rotating_the_master_key_rewraps_every_subject_key(
         assert inputs == [{"question": QUESTION}] * 2
 
 
+def ask_many(ledger: Ledger, subject: str, count: int) -> None:
+    """Record ``count`` predictions for ``subject`` and wait until they are committed."""
+    with dspy.context(lm=DummyLM([{"answer": ANSWER}] * count)), ledger.acting_for(subject):
+        for _ in range(count):
+            dspy.Predict("question -> answer")(question=QUESTION)
+    ledger.flush()
+
+
 def test_async_durability_encrypts_too(ledger_url: str, master_key: str) -> None:
     with dspy_ledger.open(ledger_url, durability="async", master_key=master_key) as ledger:
         ledger.instrument()
-        with dspy.context(lm=DummyLM([{"answer": ANSWER}] * 5)), ledger.acting_for("s-9"):
-            for _ in range(5):
-                dspy.Predict("question -> answer")(question=QUESTION)
-        ledger.flush()
+        ask_many(ledger, "s-9", 5)
         assert b"Jane Roe" not in stored_states(ledger)
         assert len(ledger.subject_status("s-9").streams) == 5
 
@@ -683,3 +688,28 @@ def test_a_live_replay_compares_and_stores_what_it_saw_as_the_ledger_redacts_it(
     assert [r.verdict for r in failed.results] == ["failed"]
     assert "[card]" in str(verdicts[2]["error"])
     assert b"4111 1111 1111 1111" not in raw and b"5500 0000 0000 0004" not in raw
+
+
+def test_a_batch_notes_its_subjects_streams_in_one_commit(
+    sqlite_url: str, master_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer thread builds in this process, where the key store's commits are seen.
+    monkeypatch.setenv("DSPY_LEDGER_WRITER", "thread")
+    from ledger.privacy.keystore import SubjectKeys
+
+    commits: list[bool] = []
+    cursor = SubjectKeys._cursor
+
+    def counted(self: SubjectKeys, *, commit: bool) -> Any:
+        commits.append(commit)
+        return cursor(self, commit=commit)
+
+    monkeypatch.setattr(SubjectKeys, "_cursor", counted)
+    with dspy_ledger.open(sqlite_url, durability="async", master_key=master_key) as ledger:
+        ledger.instrument()
+        ask_many(ledger, "s-7", 20)
+        streams = ledger.subject_status("s-7").streams
+        batches = ledger._writer.stats.batches
+    assert len(streams) == 20  # every stream the subject's events are sealed in is noted
+    # One commit for the subject's key, and one per batch for its streams (not 20).
+    assert commits.count(True) <= 1 + batches < 20

@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -181,6 +181,23 @@ class SubjectKeys:
                 )
             self._seen_streams.add((subject, stream_id))
         return key_id, key
+
+    def note_streams(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Note, in one transaction, the streams these ``(subject, stream id)`` pairs'
+        events are about to be sealed in, ahead of those events.
+
+        :meth:`key_for_writing` notes each new pair it sees with a commit of its own:
+        one per prediction, as each prediction is a stream of its own. A batch of
+        events noted here first costs one commit, and the pairs are then known.
+        """
+        new = [pair for pair in dict.fromkeys(pairs) if pair not in self._seen_streams]
+        if not new:
+            return
+        with self._cursor(commit=True) as c:
+            c.executemany(
+                self._sql("INSERT INTO {streams} VALUES (?, ?) ON CONFLICT DO NOTHING"), new
+            )
+        self._seen_streams.update(new)
 
     def _load_or_create(self, subject: str) -> tuple[str, bytes]:
         master = self.require_master()

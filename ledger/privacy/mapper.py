@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Iterable
 from typing import Any, Final
 from uuid import UUID
 
@@ -80,6 +81,21 @@ class PrivacyMapper(Mapper[UUID]):
         stand_in = object.__new__(cls)
         object.__setattr__(stand_in, "__dict__", state)
         return super().to_stored_event(stand_in)
+
+    @staticmethod
+    def sealed_streams(events: Iterable[DomainEventProtocol[UUID]]) -> list[tuple[str, str]]:
+        """The ``(subject, stream id)`` of each event :meth:`to_stored_event` will seal
+        (it concerns a subject and holds a personal field that is not empty)."""
+        pairs = []
+        for event in events:
+            subject = getattr(event, "subject", None)
+            if subject is None:
+                continue
+            fields: tuple[str, ...] = getattr(type(event), "personal_fields", ())
+            state = vars(event)
+            if any(state.get(name) is not None for name in fields):
+                pairs.append((subject, str(event.originator_id)))
+        return pairs
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         """Decode the event, opening its personal fields or marking them erased."""
