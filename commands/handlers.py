@@ -27,7 +27,7 @@ from commands.drafts import (
     error_message,
     error_type_name,
 )
-from commands.payloads import PayloadConverter
+from commands.payloads import PayloadConverter, as_mapping, as_text
 from commands.program_state import example_inputs, inputs_digest
 from commands.redaction import ALWAYS_ON, NamedRedactor, Redaction
 from ledger.application import LedgerApplication
@@ -124,8 +124,7 @@ class DraftHandler:
 
     def _message(self, error: BaseException | RecordedError) -> str:
         """An error's message, redacted like every other recorded string."""
-        converted = self._converter().convert(error_message(error), "$.message")
-        return converted if isinstance(converted, str) else str(converted.get("prefix", ""))
+        return as_text(self._converter().convert(error_message(error), "$.message"))
 
     def _version(
         self, version: VersionDraft | None, provenance: Provenance, batch_ids: set[UUID]
@@ -174,7 +173,7 @@ class DraftHandler:
             prediction_id=draft.prediction_id,
             program_version_id=draft.version.version_id if draft.version else None,
             program_name=draft.program_name,
-            inputs=inputs if isinstance(inputs, dict) else {"value": inputs},
+            inputs=as_mapping(inputs),
             context=draft.context,
             payload_notes=dict(converter.notes),
             occurred_at=draft.provenance.started_at,
@@ -200,7 +199,7 @@ class DraftHandler:
             converter = self._converter()
             outputs = converter.convert(draft.outputs, "$.outputs")
             prediction.complete(
-                outputs=outputs if isinstance(outputs, dict) else {"value": outputs},
+                outputs=as_mapping(outputs),
                 call_tree=call_tree(draft.root, converter.convert),
                 latency_ms=draft.latency_ms,
                 payload_notes=dict(converter.notes),

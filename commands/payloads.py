@@ -285,3 +285,15 @@ def to_json(
     """Convert one value; return (JSON-able value, notes on lossy conversions)."""
     converter = PayloadConverter(max_string_bytes=max_string_bytes, secrets=secrets)
     return converter.convert(value), converter.notes
+
+
+def as_mapping(converted: Any) -> dict[str, Any]:
+    """A converted payload that the events keep as an object (inputs, outputs): itself,
+    or ``{"value": ...}`` when it converted to something else."""
+    return converted if isinstance(converted, dict) else {"value": converted}
+
+
+def as_text(converted: Any) -> str:
+    """A converted string that the events keep as text (an error message): itself, or
+    the prefix a string over the size limit was cut to."""
+    return converted if isinstance(converted, str) else str(converted.get("prefix", ""))

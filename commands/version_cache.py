@@ -108,7 +108,7 @@ class _Watched:
         objects split differently between sources still count as a change.
         """
         try:
-            return sizes == tuple(map(len, self.sources)) and all(
+            return sizes == self.sizes() and all(
                 map(is_, snapshot, chain.from_iterable(self.sources))
             )
         except RuntimeError:  # a dict changed size while being read: another thread

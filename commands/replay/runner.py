@@ -21,7 +21,7 @@ from typing import Any
 
 from commands import scope
 from commands.drafts import CALL_ID
-from commands.payloads import to_json
+from commands.payloads import as_mapping, to_json
 from commands.replay.recorded_lm import RECORD_SETTING, RecordedCalls
 from commands.replay.selection import MadePrediction, made_prediction
 
@@ -67,11 +67,6 @@ def call_arguments(inputs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     return list(args) if isinstance(args, list) else [args], kwargs
 
 
-def _outputs(job: Job, prediction: Any) -> dict[str, Any]:
-    converted = job.convert(prediction, "$.outputs")
-    return converted if isinstance(converted, dict) else {"value": converted}
-
-
 def _finish(job: Job, started: list[Any], prediction: Any, error: BaseException | None) -> Outcome:
     outcome = Outcome(index=job.index, error=error)
     if started:  # the draft of the prediction the run recorded (its calls have ended)
@@ -79,7 +74,7 @@ def _finish(job: Job, started: list[Any], prediction: Any, error: BaseException 
         outcome.call_id = started[0].root[CALL_ID]
     if error is None:
         outcome.prediction = prediction
-        outcome.outputs = _outputs(job, prediction)
+        outcome.outputs = as_mapping(job.convert(prediction, "$.outputs"))
     if job.record is not None:
         outcome.divergences = list(job.record.divergences)
     return outcome

@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from commands import scope
+from commands.payloads import as_text
 from commands.replay.judging import (
     ModelSums,
     add_replayed,
@@ -306,7 +307,7 @@ def _record_results(
             replay_prediction_id=result.replay_prediction_id,
             verdict=result.verdict,
             diff=convert(diff, "$.diff") if diff else diff,
-            error=None if result.error is None else _text(convert, result.error, "$.error"),
+            error=None if result.error is None else as_text(convert(result.error, "$.error")),
             divergence=(
                 None if result.divergence is None else convert(result.divergence, "$.divergence")
             ),
@@ -319,9 +320,3 @@ def _record_results(
         actor=actor,
     )
     app.save_aggregates(replay)
-
-
-def _text(convert: Convert, text: str, path: str) -> str:
-    """Text as the ledger stores it: redacted; a string over its limit keeps its prefix."""
-    converted = convert(text, path)
-    return converted if isinstance(converted, str) else str(converted.get("prefix", ""))

@@ -174,12 +174,7 @@ class SubjectKeys:
                 self._live[subject] = (key_id, key, now + self.cache_seconds)
                 self._by_id[key_id] = (key, now + self.cache_seconds)
         if (subject, stream_id) not in self._seen_streams:
-            with self._cursor(commit=True) as c:
-                c.execute(
-                    self._sql("INSERT INTO {streams} VALUES (?, ?) ON CONFLICT DO NOTHING"),
-                    (subject, stream_id),
-                )
-            self._seen_streams.add((subject, stream_id))
+            self.note_streams([(subject, stream_id)])
         return key_id, key
 
     def note_streams(self, pairs: Iterable[tuple[str, str]]) -> None:

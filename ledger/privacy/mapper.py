@@ -53,19 +53,15 @@ class PrivacyMapper(Mapper[UUID]):
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         """Seal the event's personal fields under its subject's key, then store it."""
         cls = type(domain_event)
-        fields: tuple[str, ...] = getattr(cls, "personal_fields", ())
-        subject = getattr(domain_event, "subject", None)
-        if not fields or subject is None:
+        names = _sealed_names(domain_event)
+        if not names:
             return super().to_stored_event(domain_event)
         if self.keys is None:  # pragma: no cover - LedgerApplication always attaches keys
             msg = "Personal data cannot be stored: this ledger has no key store."
             raise PrivacyError(msg)
+        subject: str = domain_event.subject  # type: ignore[attr-defined]
         state = dict(vars(domain_event))
-        # An empty field (no error, no comment) holds nothing personal: it stays plain,
-        # so after erasure it still reads as empty rather than as "[erased]".
-        personal = {name: state.pop(name) for name in fields if state.get(name) is not None}
-        if not personal:
-            return super().to_stored_event(domain_event)
+        personal = {name: state.pop(name) for name in names}
         key_id, key = self.keys.key_for_writing(subject, str(domain_event.originator_id))
         nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = AESGCM(key).encrypt(
@@ -84,18 +80,12 @@ class PrivacyMapper(Mapper[UUID]):
 
     @staticmethod
     def sealed_streams(events: Iterable[DomainEventProtocol[UUID]]) -> list[tuple[str, str]]:
-        """The ``(subject, stream id)`` of each event :meth:`to_stored_event` will seal
-        (it concerns a subject and holds a personal field that is not empty)."""
-        pairs = []
-        for event in events:
-            subject = getattr(event, "subject", None)
-            if subject is None:
-                continue
-            fields: tuple[str, ...] = getattr(type(event), "personal_fields", ())
-            state = vars(event)
-            if any(state.get(name) is not None for name in fields):
-                pairs.append((subject, str(event.originator_id)))
-        return pairs
+        """The ``(subject, stream id)`` of each event :meth:`to_stored_event` will seal."""
+        return [
+            (event.subject, str(event.originator_id))  # type: ignore[attr-defined]
+            for event in events
+            if _sealed_names(event)
+        ]
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         """Decode the event, opening its personal fields or marking them erased."""
@@ -125,6 +115,17 @@ class PrivacyMapper(Mapper[UUID]):
             raise PrivacyError(msg) from None
         state.update(self.transcoder.decode(opened))
         return event
+
+
+def _sealed_names(event: Any) -> list[str]:
+    """The personal fields :meth:`PrivacyMapper.to_stored_event` seals in ``event``: none
+    unless it concerns a subject. An empty field (no error, no comment) holds nothing
+    personal: it stays plain, so after erasure it still reads as empty, not "[erased]"."""
+    if getattr(event, "subject", None) is None:
+        return []
+    fields: tuple[str, ...] = getattr(type(event), "personal_fields", ())
+    state = vars(event)
+    return [name for name in fields if state.get(name) is not None]
 
 
 def _binding(event: Any, topic: str) -> bytes:
