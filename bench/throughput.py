@@ -68,7 +68,8 @@ def capture_drafts(count: int) -> list[Any]:
 
 def _writer(mode: str, handler: Any, url: str) -> Any:
     from commands.process_writer import ProcessWriter
-    from commands.writer import AsyncWriter, SyncWriter
+    from commands.sync_writer import SyncWriter
+    from commands.writer import AsyncWriter
     from commands.writer_protocol import WriterConfig
 
     if mode == "sync":
@@ -150,7 +151,7 @@ def run(quick: bool) -> list[Row]:
     e2e_count = 40 if quick else 800
     drafts = capture_drafts(capacity_count + 1)
     rows: list[Row] = []
-    thread_counts = (1,) if quick else (1, 4)
+    thread_counts = (1,) if quick else (1, 4, 8)
     for threads in thread_counts:
         bare = median([_end_to_end(None, "", threads, e2e_count) for _ in range(rounds)])
         rows.append(

@@ -1,7 +1,8 @@
 """Writers: how finished drafts reach the store.
 
-- :class:`SyncWriter` commits each draft before the recorded call returns; a failure
-  raises :class:`~ledger.errors.RecordingError` to the caller.
+- :class:`~commands.sync_writer.SyncWriter` (its own module) commits each draft before
+  the recorded call returns, group-committing concurrent callers; a failure raises
+  :class:`~ledger.errors.RecordingError` to the caller.
 - :class:`AsyncWriter` hands drafts to one background thread that group-commits
   batches (one transaction per batch). Its queue is bounded: when the store is slow or
   away, ``submit`` blocks (backpressure) rather than drop anything. Failed batches are
@@ -89,42 +90,6 @@ def _build(handler: DraftHandler, drafts: list[object]) -> tuple[list[Aggregate]
             unbuildable += 1
             logger.exception("dspy-ledger could not record %s", describe_failure(draft, error))
     return aggregates, unbuildable
-
-
-class SyncWriter:
-    """Commits every draft before returning to the recorded call."""
-
-    def __init__(self, handler: DraftHandler) -> None:
-        self.handler = handler
-        self.stats = WriterStats()
-        self._closed = False
-
-    def submit(self, draft: object) -> None:
-        """Commit one draft now; raise RecordingError if the store cannot take it."""
-        if self._closed:
-            msg = "This ledger is closed; open a new one to record more."
-            raise RecordingError(msg, pending=1)
-        self.stats.submitted += 1
-        try:
-            self.stats.unbuildable += commit_drafts(self.handler, [draft])
-        except (StoreUnavailableError, DuplicateStreamError) as error:
-            self.stats.last_error = str(error)
-            msg = f"The prediction was not recorded: {error}"
-            raise RecordingError(msg, pending=1) from error
-        self.stats.committed += 1
-        self.stats.batches += 1
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Nothing to do: every draft is committed on submit."""
-
-    def close(self, timeout: float | None = None) -> None:
-        """Refuse further drafts."""
-        self._closed = True
-
-    @property
-    def pending(self) -> int:
-        """Drafts submitted and not yet committed (always 0 here)."""
-        return 0
 
 
 class AsyncWriter:

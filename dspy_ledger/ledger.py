@@ -23,7 +23,8 @@ from commands.payloads import DEFAULT_MAX_STRING_BYTES
 from commands.process_writer import ProcessWriter
 from commands.recorder import LedgerRecorder
 from commands.redaction import built_in_names
-from commands.writer import AsyncWriter, SyncWriter
+from commands.sync_writer import SyncWriter
+from commands.writer import AsyncWriter
 from commands.writer_protocol import WriterConfig
 from dspy_ledger import telemetry
 from dspy_ledger.governance import GovernanceMixin
