@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dspy_ledger.cli.options import DbOption, JsonOption
+from dspy_ledger.cli.output import stdout_console
 from dspy_ledger.demo import run_demo
 from dspy_ledger.ledger import Ledger
 
@@ -63,7 +64,7 @@ def demo(
     if as_json:
         typer.echo(summary.model_dump_json(indent=2))
         return
-    out = Console()
+    out = stdout_console()
     out.print("[bold]dspy-ledger demo[/bold] — recorded and read back from the ledger")
     out.print(f"  model                {summary.model}")
     out.print(f"  events               {summary.events}")

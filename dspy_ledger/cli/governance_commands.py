@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from dspy_ledger.cli.options import DbOption, JsonOption
+from dspy_ledger.cli.output import folding_table, stdout_console
 from dspy_ledger.governance import BudgetInfo, GovernanceReport
 from dspy_ledger.ledger import Ledger
 
@@ -139,7 +139,7 @@ def budget_list(as_of: AsOfOption = None, db: DbOption = None, as_json: JsonOpti
     if as_json:
         typer.echo("[" + ",".join(b.model_dump_json() for b in budgets) + "]")
         return
-    Console().print(_budget_table(budgets))
+    stdout_console().print(_budget_table(budgets))
 
 
 @ratelimit_app.command("set")
@@ -177,10 +177,10 @@ def ratelimit_list(
     if as_json:
         typer.echo("[" + ",".join(r.model_dump_json() for r in limits) + "]")
         return
-    table = Table("actors", "models", "calls/minute", "set by", "set at")
+    table = folding_table("actors", "models", "calls/minute", "set by", "set at")
     for r in limits:
         table.add_row(r.actors, r.models, str(r.calls_per_minute), r.set_by, r.set_at)
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def _scope(actor: str | None, program: str | None) -> str:
@@ -188,7 +188,7 @@ def _scope(actor: str | None, program: str | None) -> str:
 
 
 def _budget_table(budgets: list[BudgetInfo]) -> Table:
-    table = Table("scope", "name", "per", "limit $", "spent $", "since", "set by", "set at")
+    table = folding_table("scope", "name", "per", "limit $", "spent $", "since", "set by", "set at")
     for b in budgets:
         table.add_row(
             b.scope_kind,
@@ -204,9 +204,9 @@ def _budget_table(budgets: list[BudgetInfo]) -> Table:
 
 
 def _print_report(report: GovernanceReport) -> None:
-    console = Console()
+    console = stdout_console()
     console.print(f"Rules in force as of {report.as_of} (version {report.rules_version}):")
-    table = Table("rule", "effect", "who", "models", "set by", "set at")
+    table = folding_table("rule", "effect", "who", "models", "set by", "set at")
     for p in report.policies:
         table.add_row(
             p.rule_id, p.effect, f"{p.principal_kind}:{p.principal}", p.models, p.set_by, p.set_at

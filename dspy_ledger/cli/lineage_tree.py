@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from rich.tree import Tree
 
+from dspy_ledger.cli.output import folding_table, stdout_console
 from dspy_ledger.views import ExampleLineage, PredictionLineage, RunLineage, VersionLineage
 
 
@@ -53,12 +52,12 @@ def print_lineage(lineage: PredictionLineage) -> None:
     if lineage.version is None:
         tree.add("program version not recorded")
     _add_version(tree, "program version", lineage.version)
-    Console().print(tree)
+    stdout_console().print(tree)
 
 
 def print_uses(lineage: ExampleLineage) -> None:
     """Print the runs that used an example, what they produced and predicted."""
-    table = Table("run", "optimizer", "dataset", "produced version", "predictions")
+    table = folding_table("run", "optimizer", "dataset", "produced version", "predictions")
     for use in lineage.runs:
         shown = ", ".join(p[:8] for p in use.predictions[:3])
         more = f" (+{len(use.predictions) - 3} more)" if len(use.predictions) > 3 else ""
@@ -69,6 +68,6 @@ def print_uses(lineage: ExampleLineage) -> None:
             use.result_version_id or "-",
             f"{len(use.predictions)}: {shown}{more}" if use.predictions else "0",
         )
-    console = Console()
+    console = stdout_console()
     console.print(f"Example {lineage.example_digest}: used by {len(lineage.runs)} run(s)")
     console.print(table)

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from dspy_ledger.cli.errors import fail
 from dspy_ledger.cli.integrity_commands import BundleSelection, write_bundle_file
 from dspy_ledger.cli.options import DbOption, JsonOption
+from dspy_ledger.cli.output import folding_table, stdout_console
 from dspy_ledger.ledger import Ledger
 
 
@@ -80,7 +79,7 @@ def show(
     if as_json:
         typer.echo(json.dumps([e.model_dump() for e in events], indent=2))
         return
-    console = Console()
+    console = stdout_console()
     first = events[0]
     console.print(f"[bold]{first.stream_type}[/bold] {first.stream_id}")
     for event in events:
@@ -104,7 +103,7 @@ def stats(db: DbOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return
-    console = Console()
+    console = stdout_console()
     console.print(
         f"Ledger {result.url}: {result.events} events, last position {result.last_position}"
     )
@@ -113,11 +112,11 @@ def stats(db: DbOption = None, as_json: JsonOption = False) -> None:
             f"OpenTelemetry: {result.exported_spans} spans exported, "
             f"{result.dropped_spans} spans dropped (endpoint unreachable or queue full)"
         )
-    table = Table("stream type", "streams", "events")
+    table = folding_table("stream type", "streams", "events")
     for stream_type, count in result.by_stream_type.items():
         table.add_row(stream_type, str(result.streams_by_type.get(stream_type, 0)), str(count))
     console.print(table)
-    table = Table("event type", "events")
+    table = folding_table("event type", "events")
     for event_type, count in result.by_event_type.items():
         table.add_row(event_type, str(count))
     console.print(table)

@@ -17,10 +17,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Column, Table
+from rich.table import Column
 
 from commands.replay import ReplayReport
 from dspy_ledger.cli.options import DbOption, JsonOption
+from dspy_ledger.cli.output import folding_table, stdout_console
 from dspy_ledger.ledger import Ledger
 from ledger.errors import InvalidInputError
 
@@ -154,7 +155,7 @@ def replay(  # noqa: PLR0917 - typer reads options from parameters
 
 
 def _print(report: ReplayReport) -> None:
-    out = Console(soft_wrap=True)
+    out = stdout_console(soft_wrap=True)
     totals = report.totals
     out.print(f"[bold]replay {report.replay_id}[/bold] ({report.mode}, {report.program})")
     for result in report.results:
@@ -179,7 +180,7 @@ def _print(report: ReplayReport) -> None:
         before = "n/a" if totals.metric_before is None else f"{totals.metric_before:.3f}"
         after = "n/a" if totals.metric_after is None else f"{totals.metric_after:.3f}"
         out.print(f"  metric {report.metric}: {before} -> {after} ({totals.metric_errors} errors)")
-    table = Table("calls", "cost before", "cost after", "latency before", "after")
+    table = folding_table("calls", "cost before", "cost after", "latency before", "after")
     width = max([len(model.model) for model in totals.by_model] or [5])
     table.columns.insert(0, Column("model", no_wrap=True, min_width=width))
     for model in totals.by_model:

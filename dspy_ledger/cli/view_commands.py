@@ -12,11 +12,11 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from dspy_ledger import views
 from dspy_ledger.cli.lineage_tree import print_lineage, print_uses
 from dspy_ledger.cli.options import DbOption, JsonOption
+from dspy_ledger.cli.output import folding_table, stdout_console
 from dspy_ledger.ledger import Ledger
 from ledger.errors import InvalidInputError
 from projections.runner import VIEW_NAMES
@@ -107,7 +107,7 @@ def prices_list(db: DbOption = None, as_json: JsonOption = False) -> None:
 
 
 def _print_prices(prices: list[views.Price]) -> None:
-    table = Table("model", "input $/1M", "output $/1M", "effective from", "set by")
+    table = folding_table("model", "input $/1M", "output $/1M", "effective from", "set by")
     for p in prices:
         table.add_row(
             p.model,
@@ -116,7 +116,7 @@ def _print_prices(prices: list[views.Price]) -> None:
             p.effective_from,
             p.actor,
         )
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def feedback(
@@ -149,7 +149,7 @@ def report_cost(
 
 
 def _print_cost(report: views.CostReport) -> None:
-    table = Table(
+    table = folding_table(
         *report.by,
         "calls",
         "cache hits",
@@ -174,8 +174,8 @@ def _print_cost(report: views.CostReport) -> None:
             f"{row.saved_usd:.6f}",
             repriced,
         )
-    Console().print(f"Cost as of position {report.position}")
-    Console().print(table)
+    stdout_console().print(f"Cost as of position {report.position}")
+    stdout_console().print(table)
 
 
 @report_app.command("accuracy")
@@ -194,8 +194,8 @@ def report_accuracy(
 
 
 def _print_accuracy(report: views.AccuracyReport) -> None:
-    console = Console()
-    table = Table("time", "version", "devset", "metric", "score")
+    console = stdout_console()
+    table = folding_table("time", "version", "devset", "metric", "score")
     for e in report.evaluations:
         table.add_row(
             e.occurred_at,
@@ -206,13 +206,13 @@ def _print_accuracy(report: views.AccuracyReport) -> None:
         )
     console.print(f"Accuracy as of position {report.position}")
     console.print(table)
-    table = Table("run", "optimizer", "status", "before", "after")
+    table = folding_table("run", "optimizer", "status", "before", "after")
     for o in report.optimizations:
         table.add_row(
             o.run_id[:8], o.optimizer, o.status, _score(o.score_before), _score(o.score_after)
         )
     console.print(table)
-    table = Table(
+    table = folding_table(
         *(report.feedback[0].group if report.feedback else ["group"]),
         "feedback",
         "scored",
@@ -248,15 +248,15 @@ def report_audit(
 
 
 def _print_audit(report: views.AuditReport) -> None:
-    table = Table("position", "time", "event", "stream", "version")
+    table = folding_table("position", "time", "event", "stream", "version")
     for e in report.entries:
         table.add_row(
             str(e.position), e.occurred_at, e.event_type, e.stream_id, str(e.stream_version)
         )
-    Console().print(
+    stdout_console().print(
         f"{len(report.entries)} events by {report.actor} (as of position {report.position})"
     )
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def lineage(
@@ -293,7 +293,7 @@ def projections_status(
 
 
 def _print_status(status: list[views.ViewStatus]) -> None:
-    table = Table("view", "position", "ledger", "behind", "skipped")
+    table = folding_table("view", "position", "ledger", "behind", "skipped")
     for s in status:
         table.add_row(
             s.view,
@@ -302,7 +302,7 @@ def _print_status(status: list[views.ViewStatus]) -> None:
             str(s.behind),
             str(sum(s.skipped_events.values())),
         )
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def _update(db: str | None, view: str | None, *, from_zero: bool) -> None:
