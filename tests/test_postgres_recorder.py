@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from eventsourcing.persistence import (
     InfrastructureFactory,
@@ -19,6 +20,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import Environment
+from psycopg import sql
 
 from ledger.application import LedgerApplication, ensure_postgres_schema
 from ledger.postgres_recorder import ColumnarApplicationRecorder
@@ -79,6 +81,7 @@ def test_events_round_trip_as_the_library_recorder_stores_them(factory: Any) -> 
 
     for batch in batches:
         assert columnar.insert_events(batch) == library.insert_events(batch)
+    assert columnar.insert_function_ready  # the inserts above went through the function
 
     def everything(recorder: PostgresApplicationRecorder) -> list[Notification]:
         return list(recorder.select_notifications(start=1, limit=1000))
@@ -113,6 +116,7 @@ def test_a_version_conflict_raises_the_library_error_and_keeps_nothing_of_the_ba
     assert list(recorder.select_events(taken)) == kept
     # The recorder goes on working after the refused batch.
     assert len(recorder.insert_events(fresh)) == 5
+    assert recorder.insert_function_ready  # all of it through the insert function
 
 
 def write_batches(url: str, batches: int, size: int, queue: Any) -> None:
@@ -122,6 +126,7 @@ def write_batches(url: str, batches: int, size: int, queue: Any) -> None:
         recorder = factory.application_recorder()
         for _ in range(batches):
             queue.put(list(recorder.insert_events(awkward_events(uuid.uuid4(), size))))
+        assert recorder.insert_function_ready  # found in the schema, and written through
     finally:
         factory.close()
         queue.put(None)
@@ -177,3 +182,75 @@ def test_writers_in_two_processes_make_ids_visible_in_order_without_gaps(
     for ids in reported:  # each batch's ids are one run, in the order of its events
         assert ids == list(range(ids[0], ids[0] + size))
     assert sorted(i for ids in reported for i in ids) == tailed
+
+
+def _insert_functions(url: str) -> list[str]:
+    """The ledger's own functions in the schema (the library adds one it never calls)."""
+    schema = str(parse_url(url).schema)
+    with psycopg.connect(url.split("?", maxsplit=1)[0]) as connection:
+        rows = connection.execute(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %s AND p.proname LIKE 'dspyledger%%' ORDER BY p.proname",
+            (schema,),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_the_insert_function_is_made_once_and_writing_goes_on_without_it(
+    factory: Any, postgres_url: str
+) -> None:
+    recorder = factory.application_recorder()
+    assert recorder.insert_function_ready
+    assert _insert_functions(postgres_url) == ["dspyledger_events_insert_v1"]
+    again = open_factory(postgres_url)  # another process opening the same ledger
+    try:
+        assert again.application_recorder().insert_function_ready
+    finally:
+        again.close()
+    assert _insert_functions(postgres_url) == ["dspyledger_events_insert_v1"]
+    assert recorder.insert_events(awkward_events(uuid.uuid4(), 3)) == [1, 2, 3]
+
+    # A ledger whose function was dropped (or could not be made) writes as before.
+    schema = str(parse_url(postgres_url).schema)
+    with psycopg.connect(postgres_url.split("?", maxsplit=1)[0], autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("DROP FUNCTION {}.dspyledger_events_insert_v1").format(sql.Identifier(schema))
+        )
+    later = awkward_events(uuid.uuid4(), 4)
+    assert recorder.insert_events(later) == [4, 5, 6, 7]
+    assert not recorder.insert_function_ready
+    assert list(recorder.select_events(later[0].originator_id)) == later
+    assert recorder.insert_events(awkward_events(uuid.uuid4(), 1)) == [8]
+
+
+def test_an_insert_waits_for_the_table_lock_and_notifies_listeners(
+    factory: Any, postgres_url: str
+) -> None:
+    recorder = factory.application_recorder()
+    assert recorder.insert_function_ready
+    schema = str(parse_url(postgres_url).schema)
+    server = postgres_url.split("?", maxsplit=1)[0]
+    inserted: list[list[int]] = []
+    with psycopg.connect(server, autocommit=True) as listener, psycopg.connect(server) as holder:
+        listener.execute("LISTEN dspyledger_events")
+        # A transaction that has inserted and not yet committed holds ROW EXCLUSIVE: a
+        # writer that takes the ordering lock (EXCLUSIVE) waits for it to end, so ids
+        # never become visible out of order; a bare INSERT would not wait.
+        holder.execute(
+            sql.SQL("LOCK TABLE {}.dspyledger_events IN ROW EXCLUSIVE MODE").format(
+                sql.Identifier(schema)
+            )
+        )
+        writer = threading.Thread(
+            target=lambda: inserted.append(
+                list(recorder.insert_events(awkward_events(uuid.uuid4(), 2)))
+            )
+        )
+        writer.start()
+        writer.join(timeout=0.5)
+        assert writer.is_alive() and not inserted  # it waits for the lock's holder
+        holder.commit()
+        writer.join(timeout=30)
+        assert inserted == [[1, 2]]
+        notices = list(listener.notifies(timeout=5, stop_after=1))
+    assert [n.channel for n in notices] == ["dspyledger_events"]
