@@ -2,8 +2,8 @@
 
 Concurrent callers share commits (leader/follower group commit, as databases do for
 their own log). A caller with a draft queues it; if no commit is in progress it becomes
-the *leader*: it takes every draft queued so far, its own first, and commits them in one
-transaction, while callers that arrive meanwhile queue behind it and wait. When the
+the *leader*: it takes every draft queued so far, its own among them, and commits them in
+one transaction, while callers that arrive meanwhile queue behind it and wait. When the
 commit ends, every caller whose draft was in it returns (or raises), and one of those
 still waiting leads the next commit. So a call still returns only after its own events
 are committed (with the store's own disk sync), but N threads recording at once pay for
