@@ -24,8 +24,9 @@ also keeps one function in the ledger's schema that takes the same steps in the 
 (the ``lock_timeout``, the ``EXCLUSIVE`` lock, the ``NOTIFY``, the same ``INSERT ...
 RETURNING``) and calls it in one autocommitted statement: half the client CPU and 0.57x
 of the wall time per commit (docs/performance.md, item 22). The function is created once
-per schema when the ledger opens; where it cannot be (a role without the right) or has
-gone, the recorder takes the pipelined transaction above, which is always correct.
+per schema when the ledger opens (any role that can open a ledger may: the library's own
+tables and function need the same rights); where it is missing, or was dropped since, the
+recorder takes the pipelined transaction above, which is always correct.
 (The library's own ``POSTGRES_ENABLE_DB_FUNCTIONS`` function is not used: it does not take
 the table lock, so ids could become visible out of order.)
 """
@@ -133,8 +134,8 @@ class ColumnarApplicationRecorder(PostgresApplicationRecorder):
             with self.datastore.transaction(commit=True) as curs:
                 curs.execute(self.create_insert_function_statement)
         except PersistenceError as error:
-            # Another process created it first, or this role may not create functions:
-            # either way the pipelined transaction remains, and is always correct.
+            # Another process created it first (checked below), or it could not be made:
+            # then the pipelined transaction remains, and is always correct.
             logger.debug("dspy-ledger did not create its insert function: %s", error)
         self.insert_function_ready = self._insert_function_exists()
 
