@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 import pytest
 from psycopg import sql
+from typer.testing import CliRunner
 
+from dspy_ledger.cli import app
 from dspy_ledger.integrity import InclusionProof
 from dspy_ledger.ledger import Ledger
 from ledger.domain import Dataset
@@ -233,3 +237,34 @@ def proof_verifies(proof: InclusionProof) -> bool:
 
 def test_a_proof_from_prove_verifies_against_its_root(ledger: Ledger) -> None:
     assert proof_verifies(ledger.prove(11))
+
+
+def test_verify_names_the_root_that_takes_in_the_events_it_added(ledger_url: str) -> None:
+    fresh = Ledger(ledger_url, actor="test")
+    _fill(fresh, 6)
+    fresh.close()
+    runner = CliRunner()
+
+    first = runner.invoke(app, ["verify", "--db", ledger_url])
+    assert first.exit_code == 0, first.output
+    # Nothing was in the log to check yet: it says so, not "0 events verified".
+    assert first.output.strip().startswith("OK: the Merkle log held no events yet")
+    named = re.search(
+        r"6 events were hashed into it now: root ([0-9a-f]{64}) at tree size 6\.", first.output
+    )
+    assert named, first.output
+
+    second = runner.invoke(app, ["verify", "--db", ledger_url])
+    assert second.output.strip().startswith("OK: 6 events verified, 0 checkpoints checked")
+    assert f"root {named[1]} at tree size 6." in second.output  # checked against that root
+
+    more = Ledger(ledger_url, actor="test")
+    _fill(more, 2, start=100)
+    more.close()
+    third = json.loads(runner.invoke(app, ["verify", "--db", ledger_url, "--json"]).output)
+    grown = Ledger(ledger_url, actor="test")
+    checkpoint = grown.checkpoint()  # the root a checkpoint records now
+    grown.close()
+    assert (third["events_checked"], third["tree_size"], third["root_hash"]) == (6, 6, named[1])
+    assert third["events_added"] == 2
+    assert (third["log_tree_size"], third["log_root_hash"]) == (8, checkpoint.root_hash)

@@ -123,13 +123,21 @@ def verify(
         ledger.close()
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
+    elif report.problem is None and report.events_checked == 0 and report.events_added:
+        typer.echo(
+            f"OK: the Merkle log held no events yet, so there was nothing to check; "
+            f"{report.events_added} events were hashed into it now: root "
+            f"{report.log_root_hash} at tree size {report.log_tree_size}. A later verify "
+            "checks them against this log; dspy-ledger checkpoint records this root."
+        )
     elif report.problem is None:
         typer.echo(
             f"OK: {report.events_checked} events verified, {report.checkpoints_checked} "
             f"checkpoints checked ({report.signatures_checked} signatures), "
             f"root {report.root_hash} at tree size {report.tree_size}"
             + (
-                f"; {report.events_added} new events added to the log"
+                f"; {report.events_added} new events added to the log (root "
+                f"{report.log_root_hash} at tree size {report.log_tree_size})"
                 if report.events_added
                 else ""
             )

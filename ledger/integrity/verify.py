@@ -67,6 +67,10 @@ class VerifyReport(BaseModel):
     events_rehashed: int = 0
     against_tree_size: int | None = None
     problem: Problem | None = None
+    #: The log's size and root once the events added after the check are in it (the
+    #: root a checkpoint made now would record); the checked ones when none were added.
+    log_tree_size: int | None = None
+    log_root_hash: str | None = None
 
 
 class _RecordedCheckpoint(BaseModel):
@@ -386,8 +390,11 @@ def _finish(
         if problem is not None:
             return report(problem)
     result = report(None)
+    result.log_tree_size, result.log_root_hash = result.tree_size, result.root_hash
     if update and scan.untracked:
         result.events_added = log.catch_up()
+        grown = log.state().frontier
+        result.log_tree_size, result.log_root_hash = grown.size, grown.root().hex()
     return result
 
 
