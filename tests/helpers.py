@@ -29,3 +29,8 @@ def predictions(events: list[RecordedEvent]) -> dict[str, list[RecordedEvent]]:
 def only(events: list[RecordedEvent], event_type: str) -> list[dict[str, Any]]:
     """The data of every event of one type."""
     return [event.data for event in events if event.type == event_type]
+
+
+def questions_asked(ledger: Ledger) -> list[str]:
+    """The ``question`` input of every recorded prediction, in the order they started."""
+    return [data["inputs"]["question"] for data in only(events_of(ledger), "PredictionStarted")]

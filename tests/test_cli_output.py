@@ -14,6 +14,7 @@ from dspy_ledger.cli import app
 from dspy_ledger.cli.output import folding_table
 from tests.test_views import record_prediction
 
+runner = CliRunner()
 LONG_MODEL = "openrouter/anthropic/claude-3-7-sonnet-20250219-with-extended-thinking"
 
 
@@ -46,6 +47,3 @@ def test_on_a_narrow_terminal_a_cell_folds_rather_than_being_cut() -> None:
     assert "…" not in screen.getvalue()
     cells = [line.strip("│ ") for line in lines if line.startswith("│")]
     assert "".join(cells) == LONG_MODEL  # body rows only: the header row is drawn with ┃
-
-
-runner = CliRunner()

@@ -21,7 +21,7 @@ import dspy_ledger
 from dspy_ledger import RecordingError
 from dspy_ledger.simulated_model import SimulatedModelServer
 from ledger.storage import parse_url
-from tests.helpers import events_of, only
+from tests.helpers import events_of, only, questions_asked
 
 SECRET = "sk-test-" + "7f3a9c" * 6
 
@@ -171,7 +171,7 @@ def test_async_keeps_retrying_while_the_store_is_away(postgres_url: str) -> None
         ledger.flush(timeout=30)
     ledger.close()
     reopened = dspy_ledger.open(postgres_url)
-    questions = [d["inputs"]["question"] for d in only(events_of(reopened), "PredictionStarted")]
+    questions = questions_asked(reopened)
     reopened.close()
     assert questions == ["before"] + [f"while away {i}" for i in range(5)]
 
@@ -191,7 +191,7 @@ def test_sync_raises_a_clear_error_when_the_store_is_away(postgres_url: str) -> 
         program(question="after")
     ledger.close()
     reopened = dspy_ledger.open(postgres_url)
-    questions = [d["inputs"]["question"] for d in only(events_of(reopened), "PredictionStarted")]
+    questions = questions_asked(reopened)
     reopened.close()
     assert questions == ["before", "after"]
 

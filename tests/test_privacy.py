@@ -40,7 +40,7 @@ from ledger.privacy import ERASED, generate_master_key, is_erased
 from ledger.storage import parse_url
 from projections.runner import open_view
 from tests.conftest import POSTGRES_URL
-from tests.helpers import events_of, only
+from tests.helpers import events_of, only, questions_asked
 
 QUESTION = "Where does Jane Roe live?"
 ANSWER = "Jane Roe lives at 12 Elm Street"
@@ -282,7 +282,7 @@ def test_processes_sharing_postgres_share_one_key_per_subject(
     with dspy_ledger.open(postgres_url, master_key=master_key) as ledger:
         status = ledger.subject_status("shared-subject")
         assert status.live_keys == 1 and len(status.streams) == 9
-        questions = [d["inputs"]["question"] for d in only(events_of(ledger), "PredictionStarted")]
+        questions = questions_asked(ledger)
         assert sorted(questions) == sorted(f"q{n}" for n in range(3) for _ in range(3))
         ledger.forget("shared-subject", reason="erasure request")
     reader = subprocess.run(

@@ -22,7 +22,7 @@ from commands.sync_writer import SyncWriter
 from dspy_ledger import RecordingError
 from ledger.application import LedgerApplication
 from ledger.storage import parse_url
-from tests.helpers import events_of, only
+from tests.helpers import events_of, only, questions_asked
 
 
 class HeldCommit:
@@ -74,8 +74,7 @@ def test_callers_arriving_during_a_commit_share_the_next_one(ledger_url: str) ->
             with dspy.context(lm=lm):
                 dspy.Predict(signature)(question=question)
             returned.append(question)
-            asked = [d["inputs"]["question"] for d in only(ledger.events(), "PredictionStarted")]
-            visible_on_return[question] = question in asked
+            visible_on_return[question] = question in questions_asked(ledger)
         except BaseException as error:  # pragma: no cover - reported below
             errors.append(error)
 
@@ -161,9 +160,7 @@ def test_a_shared_commit_that_fails_fails_only_the_caller_whose_draft_broke_it(
     assert "was not recorded" in str(refused)
     app.close()
     reopened = dspy_ledger.open(ledger_url)
-    questions = sorted(
-        d["inputs"]["question"] for d in only(events_of(reopened), "PredictionStarted")
-    )
+    questions = sorted(questions_asked(reopened))
     reopened.close()
     assert questions == ["q0", "q1", "q2"]  # each prediction once, the good one included
 
@@ -200,8 +197,6 @@ def test_a_child_forked_during_a_commit_records_without_waiting_for_it(
         leader.join(30)
     app.close()
     reopened = dspy_ledger.open(sqlite_url)
-    questions = sorted(
-        d["inputs"]["question"] for d in only(events_of(reopened), "PredictionStarted")
-    )
+    questions = sorted(questions_asked(reopened))
     reopened.close()
     assert questions == ["q0", "q1", "q2"]

@@ -174,8 +174,9 @@ def _print_cost(report: views.CostReport) -> None:
             f"{row.saved_usd:.6f}",
             repriced,
         )
-    stdout_console().print(f"Cost as of position {report.position}")
-    stdout_console().print(table)
+    console = stdout_console()
+    console.print(f"Cost as of position {report.position}")
+    console.print(table)
 
 
 @report_app.command("accuracy")
@@ -253,10 +254,11 @@ def _print_audit(report: views.AuditReport) -> None:
         table.add_row(
             str(e.position), e.occurred_at, e.event_type, e.stream_id, str(e.stream_version)
         )
-    stdout_console().print(
+    console = stdout_console()
+    console.print(
         f"{len(report.entries)} events by {report.actor} (as of position {report.position})"
     )
-    stdout_console().print(table)
+    console.print(table)
 
 
 def lineage(
