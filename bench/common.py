@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any, TypedDict
 
 
@@ -208,13 +209,27 @@ def backends() -> list[str]:
     return ["sqlite", "postgres"] if postgres_base_url() is not None else ["sqlite"]
 
 
+def memory_folder() -> str | None:
+    """A folder on a memory file system (Linux's ``/dev/shm``), or None where there is
+    none: a SQLite file there commits with the same code but no disk under its sync."""
+    try:
+        mounts = Path("/proc/mounts").read_text().split("\n")
+    except OSError:  # not Linux
+        return None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == "/dev/shm" and fields[2] == "tmpfs":
+            return "/dev/shm"
+    return None
+
+
 @contextmanager
-def fresh_store(backend: str) -> Iterator[str]:
-    """Yield the URL of a new, empty store (a temporary SQLite file or PostgreSQL
-    schema), removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="dspy-ledger-bench-") as folder:
+def fresh_store(backend: str, folder: str | None = None) -> Iterator[str]:
+    """Yield the URL of a new, empty store (a temporary SQLite file, in ``folder`` if
+    given, or PostgreSQL schema), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="dspy-ledger-bench-", dir=folder) as temporary:
         if backend == "sqlite":
-            yield f"sqlite:///{folder}/ledger.db"
+            yield f"sqlite:///{temporary}/ledger.db"
             return
         base = postgres_base_url()
         if base is None:
