@@ -173,15 +173,21 @@ class ColumnarApplicationRecorder(PostgresApplicationRecorder):
             [event.state for event in stored_events],
         )
         with self.datastore.get_connection() as conn:
-            # One statement is its own transaction: no BEGIN and COMMIT round trips.
-            conn.autocommit = True
+            # One statement is its own transaction: no BEGIN and COMMIT round trips. The
+            # library's pool makes every connection autocommit; one that is not (changed
+            # by other code) is switched for this statement and given back as it came,
+            # because the pool's other users rely on the mode they find.
+            switched = not conn.autocommit
+            if switched:
+                conn.autocommit = True
             try:
                 rows = conn.execute(self.call_insert_function_statement, arrays).fetchall()
             except psycopg.errors.UndefinedFunction:
                 raise _InsertFunctionGoneError from None  # nothing was written
             finally:
-                with contextlib.suppress(psycopg.Error):  # a broken connection is dropped
-                    conn.autocommit = False
+                if switched:
+                    with contextlib.suppress(psycopg.Error):  # a broken one is dropped
+                        conn.autocommit = False
         return [row["notification_id"] for row in rows]
 
     def _insert_stored_events(

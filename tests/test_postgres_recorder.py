@@ -4,6 +4,7 @@ writers in different processes make visible in order, without gaps."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import uuid
@@ -254,3 +255,26 @@ def test_an_insert_waits_for_the_table_lock_and_notifies_listeners(
         assert inserted == [[1, 2]]
         notices = list(listener.notifies(timeout=5, stop_after=1))
     assert [n.channel for n in notices] == ["dspyledger_events"]
+
+
+def test_inserting_leaves_every_pooled_connection_in_the_mode_the_pool_gave_it(
+    factory: Any,
+) -> None:
+    # The library's pool makes its connections autocommit, and code that reads through
+    # the pool without a transaction block (the views' feed, verify's scan) relies on
+    # it: on a connection that is not, a read opens a transaction that is left open.
+    recorder = factory.application_recorder()
+    assert recorder.insert_function_ready
+    for _ in range(3):
+        recorder.insert_events(awkward_events(uuid.uuid4(), 2))
+    pool = factory.datastore.pool
+    with contextlib.ExitStack() as held:
+        # Hold every connection the pool has at once, so that each is looked at.
+        connections = [
+            held.enter_context(factory.datastore.get_connection())
+            for _ in range(pool.get_stats()["pool_size"])
+        ]
+        assert all(conn.autocommit for conn in connections)
+        for conn in connections:
+            conn.execute("SELECT 1").fetchall()
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
