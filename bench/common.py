@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import statistics
@@ -145,17 +146,32 @@ DEFAULT_POSTGRES = os.environ.get(
 )
 
 
+def postgres_url() -> str:
+    """The PostgreSQL server the run would measure against (answering or not)."""
+    return os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES)
+
+
 def postgres_base_url() -> str | None:
     """The PostgreSQL server to measure against, or None if none answers."""
-    url = os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES)
+    url = postgres_url()
+    return url if postgres_refusal(url) is None else None
+
+
+@functools.cache
+def postgres_refusal(url: str) -> str | None:
+    """Why the server at ``url`` cannot be measured, or None if it answers.
+
+    Asked once per URL and process: every section asks, and a server that does not
+    answer would otherwise cost each of them the connect timeout.
+    """
     try:
         import psycopg
 
         with psycopg.connect(url, connect_timeout=3):
             pass
-    except Exception:
-        return None
-    return url
+    except Exception as error:  # any reason at all: the run measures SQLite only
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return None
 
 
 @contextmanager

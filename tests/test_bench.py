@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from bench.common import memory_folder
+import pytest
+
+from bench.__main__ import main as bench_main
+from bench.common import POSTGRES_ENV, memory_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"section", "name", "value", "unit", "baseline", "ratio", "target"}
@@ -77,3 +81,83 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
     for optional in ("bench.views", "bench.integrity", "bench.replay"):
         if not (ROOT / (optional.replace(".", "/") + ".py")).exists():
             assert f"{optional} is not present; skipped." in result.stdout
+
+
+def _run_bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_measuring(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = _run_bench("--quick", "--only", "storage", "--out", str(blocker / "results"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("bench: cannot write the results to ")
+    assert "nothing was measured" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "running" not in result.stdout
+
+
+def test_a_postgres_server_that_does_not_answer_is_named_and_sqlite_measured(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, POSTGRES_ENV: "postgresql://bench:secret@127.0.0.1:1/none"}
+    result = _run_bench("--quick", "--only", "storage", "--out", str(tmp_path), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "bench: PostgreSQL at postgresql://bench:***@127.0.0.1:1/none did not answer" in (
+        result.stdout
+    )
+    assert "secret" not in result.stdout
+    rows = json.loads((tmp_path / "bench-results.json").read_text())["rows"]
+    assert rows
+    assert all(item["name"].startswith("sqlite") for item in rows)
+
+
+def _section(folder: Path, name: str, body: str) -> str:
+    """A section module named ``name`` in ``folder`` whose ``run`` does ``body``."""
+    (folder / f"{name}.py").write_text(f"def run(quick):\n    {body}\n")
+    return name
+
+
+def test_a_failing_section_is_reported_and_the_others_rows_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    broken = _section(tmp_path, "bench_section_that_breaks", "raise RuntimeError('it broke')")
+    out = tmp_path / "results"
+    status = bench_main(["--quick", "--out", str(out)], sections=(broken, "bench.storage"))
+    assert status == 1
+    report = json.loads((out / "bench-results.json").read_text())
+    assert report["meta"]["failed"] == [broken]
+    assert any(item["section"] == "4. Storage" for item in report["rows"])
+    assert f"failed and have no rows: {broken}" in (out / "bench-results.md").read_text()
+    printed = capsys.readouterr()
+    assert "RuntimeError: it broke" in printed.err
+    assert f"bench: {broken} failed (traceback above); the other sections go on." in printed.out
+
+
+def test_ctrl_c_writes_what_was_measured_so_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    interrupting = _section(tmp_path, "bench_section_interrupted", "raise KeyboardInterrupt")
+    out = tmp_path / "results"
+    status = bench_main(
+        ["--quick", "--out", str(out)], sections=("bench.storage", interrupting, "bench.otel")
+    )
+    assert status == 130
+    report = json.loads((out / "bench-results.json").read_text())
+    assert report["meta"]["interrupted"] is True
+    sections = {item["section"] for item in report["rows"]}
+    assert "4. Storage" in sections
+    assert "opentelemetry" not in sections
