@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from dspy.utils.dummies import DummyLM
 from psycopg import sql
 
 import dspy_ledger
+from commands.writer_process import LINGER_ENV_VAR
 from dspy_ledger import RecordingError
 from dspy_ledger.simulated_model import SimulatedModelServer
 from ledger.storage import parse_url
@@ -236,6 +238,63 @@ def test_kill_9_after_flush_loses_nothing_that_flush_acknowledged(ledger_url: st
     }
     assert set(range(300)) <= questions
     # Every prediction that reached the store is whole: no torn streams.
+    started = {e.stream_id for e in events if e.type == "PredictionStarted"}
+    assert started == completed
+
+
+KILLED_BEFORE_FLUSH = """
+import os, signal, sys
+import dspy, dspy_ledger
+from dspy.utils.dummies import DummyLM
+ledger = dspy_ledger.open(sys.argv[1], durability="async")
+ledger.instrument()
+program = dspy.Predict("question -> answer")
+with dspy.context(lm=DummyLM([{"answer": "ok"}] * 200)):
+    for i in range(200):
+        program(question=str(i))
+reader = dspy_ledger.open(sys.argv[1])
+stored = reader.stats().by_event_type.get("PredictionCompleted", 0)
+print("answered; stored before the kill:", stored, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no flush, no close
+"""
+
+
+def test_a_program_killed_without_flush_loses_nothing_its_writer_process_received(
+    ledger_url: str,
+) -> None:
+    # An async call returns once its draft is in the pipe to the writer process, which
+    # runs in a session of its own: when the program dies, the writer reads the pipe to
+    # its end and commits everything in it. Its linger is set to five seconds, so that it
+    # commits nothing before the program dies: what is stored, it stored after.
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_BEFORE_FLUSH, ledger_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).parents[1]),
+            LINGER_ENV_VAR: "5000",
+        },
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert done.stdout.strip() == "answered; stored before the kill: 0"
+    deadline = time.monotonic() + 60
+    while True:  # the orphaned writer process commits on its own time
+        ledger = dspy_ledger.open(ledger_url)
+        events = events_of(ledger)
+        ledger.close()
+        completed = {e.stream_id for e in events if e.type == "PredictionCompleted"}
+        if len(completed) >= 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    questions = sorted(
+        int(e.data["inputs"]["question"])
+        for e in events
+        if e.type == "PredictionStarted" and e.stream_id in completed
+    )
+    assert questions == list(range(200))
     started = {e.stream_id for e in events if e.type == "PredictionStarted"}
     assert started == completed
 
