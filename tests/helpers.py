@@ -1,9 +1,14 @@
-"""Small helpers for reading what a test recorded."""
+"""Small helpers for reading what a test recorded, and for running a recording script."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import dspy_ledger
 from dspy_ledger import Ledger, RecordedEvent
 
 
@@ -34,3 +39,30 @@ def only(events: list[RecordedEvent], event_type: str) -> list[dict[str, Any]]:
 def questions_asked(ledger: Ledger) -> list[str]:
     """The ``question`` input of every recorded prediction, in the order they started."""
     return [data["inputs"]["question"] for data in only(events_of(ledger), "PredictionStarted")]
+
+
+def run_script(script: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter that imports this project (with ``env`` added
+    to the environment); return what it did, whatever its exit status."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **env},
+    )
+
+
+def whole_predictions(url: str) -> list[int]:
+    """The (integer) questions of the predictions stored at ``url``, each checked whole:
+    every started prediction in the store is completed too (no torn streams)."""
+    ledger = dspy_ledger.open(url)
+    events = events_of(ledger)
+    ledger.close()
+    completed = {e.stream_id for e in events if e.type == "PredictionCompleted"}
+    started = {e.stream_id for e in events if e.type == "PredictionStarted"}
+    assert started == completed
+    return sorted(
+        int(e.data["inputs"]["question"]) for e in events if e.type == "PredictionStarted"
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from commands.writer_process import LINGER_ENV_VAR
 from dspy_ledger import RecordingError
 from dspy_ledger.simulated_model import SimulatedModelServer
 from ledger.storage import parse_url
-from tests.helpers import events_of, only, questions_asked
+from tests.helpers import events_of, only, questions_asked, run_script, whole_predictions
 
 SECRET = "sk-test-" + "7f3a9c" * 6
 
@@ -217,29 +216,10 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_kill_9_after_flush_loses_nothing_that_flush_acknowledged(ledger_url: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", KILLED_WRITER, ledger_url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
-    )
+    done = run_script(KILLED_WRITER, ledger_url)
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert done.stdout.strip() == "flushed"
-    ledger = dspy_ledger.open(ledger_url)
-    events = events_of(ledger)
-    ledger.close()
-    completed = {e.stream_id for e in events if e.type == "PredictionCompleted"}
-    questions = {
-        int(e.data["inputs"]["question"])
-        for e in events
-        if e.type == "PredictionStarted" and e.stream_id in completed
-    }
-    assert set(range(300)) <= questions
-    # Every prediction that reached the store is whole: no torn streams.
-    started = {e.stream_id for e in events if e.type == "PredictionStarted"}
-    assert started == completed
+    assert set(range(300)) <= set(whole_predictions(ledger_url))
 
 
 KILLED_BEFORE_FLUSH = """
@@ -266,37 +246,15 @@ def test_a_program_killed_without_flush_loses_nothing_its_writer_process_receive
     # runs in a session of its own: when the program dies, the writer reads the pipe to
     # its end and commits everything in it. Its linger is set to five seconds, so that it
     # commits nothing before the program dies: what is stored, it stored after.
-    done = subprocess.run(
-        [sys.executable, "-c", KILLED_BEFORE_FLUSH, ledger_url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(Path(__file__).parents[1]),
-            LINGER_ENV_VAR: "5000",
-        },
-    )
+    done = run_script(KILLED_BEFORE_FLUSH, ledger_url, **{LINGER_ENV_VAR: "5000"})
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert done.stdout.strip() == "answered; stored before the kill: 0"
     deadline = time.monotonic() + 60
-    while True:  # the orphaned writer process commits on its own time
-        ledger = dspy_ledger.open(ledger_url)
-        events = events_of(ledger)
-        ledger.close()
-        completed = {e.stream_id for e in events if e.type == "PredictionCompleted"}
-        if len(completed) >= 200 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    questions = sorted(
-        int(e.data["inputs"]["question"])
-        for e in events
-        if e.type == "PredictionStarted" and e.stream_id in completed
-    )
+    questions = whole_predictions(ledger_url)
+    while len(questions) < 200 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the orphaned writer process commits on its own time
+        questions = whole_predictions(ledger_url)
     assert questions == list(range(200))
-    started = {e.stream_id for e in events if e.type == "PredictionStarted"}
-    assert started == completed
 
 
 def test_closing_reports_writes_that_could_not_be_made(postgres_url: str) -> None:
