@@ -197,13 +197,19 @@ def test_sync_raises_a_clear_error_when_the_store_is_away(postgres_url: str) -> 
     assert questions == ["before", "after"]
 
 
-KILLED_WRITER = """
+#: The start of a script that records asynchronously into the ledger at ``sys.argv[1]``.
+RECORDING_ASYNC = """
 import os, signal, sys
 import dspy, dspy_ledger
 from dspy.utils.dummies import DummyLM
 ledger = dspy_ledger.open(sys.argv[1], durability="async")
 ledger.instrument()
 program = dspy.Predict("question -> answer")
+"""
+
+KILLED_WRITER = (
+    RECORDING_ASYNC
+    + """
 with dspy.context(lm=DummyLM([{"answer": "ok"}] * 400)):
     for i in range(300):
         program(question=str(i))
@@ -213,6 +219,7 @@ with dspy.context(lm=DummyLM([{"answer": "ok"}] * 400)):
         program(question=str(i))  # not flushed: may or may not survive
 os.kill(os.getpid(), signal.SIGKILL)
 """
+)
 
 
 def test_kill_9_after_flush_loses_nothing_that_flush_acknowledged(ledger_url: str) -> None:
@@ -222,13 +229,9 @@ def test_kill_9_after_flush_loses_nothing_that_flush_acknowledged(ledger_url: st
     assert set(range(300)) <= set(whole_predictions(ledger_url))
 
 
-KILLED_BEFORE_FLUSH = """
-import os, signal, sys
-import dspy, dspy_ledger
-from dspy.utils.dummies import DummyLM
-ledger = dspy_ledger.open(sys.argv[1], durability="async")
-ledger.instrument()
-program = dspy.Predict("question -> answer")
+KILLED_BEFORE_FLUSH = (
+    RECORDING_ASYNC
+    + """
 with dspy.context(lm=DummyLM([{"answer": "ok"}] * 200)):
     for i in range(200):
         program(question=str(i))
@@ -237,6 +240,7 @@ stored = reader.stats().by_event_type.get("PredictionCompleted", 0)
 print("answered; stored before the kill:", stored, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # no flush, no close
 """
+)
 
 
 def test_a_program_killed_without_flush_loses_nothing_its_writer_process_received(
