@@ -50,10 +50,12 @@ from eventsourcing.postgres import (
     PostgresDatastore,
     PostgresFactory,
 )
-from eventsourcing.utils import retry
+from eventsourcing.utils import Environment, EnvType, retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier, Literal
+
+from ledger.postgres_pool import LivenessCheckingPool
 
 logger = logging.getLogger("dspy_ledger")
 
@@ -216,7 +218,12 @@ class ColumnarApplicationRecorder(PostgresApplicationRecorder):
 class LedgerPostgresFactory(PostgresFactory):
     """The library's PostgreSQL factory with :class:`ColumnarApplicationRecorder`.
 
-    Tracking and process recorders (views, the Merkle log) stay the library's.
+    Tracking and process recorders (views, the Merkle log) stay the library's. The
+    datastore's pool is a :class:`~ledger.postgres_pool.LivenessCheckingPool`.
     """
 
     application_recorder_class = ColumnarApplicationRecorder
+
+    def __init__(self, env: Environment | EnvType | None):
+        super().__init__(env)
+        LivenessCheckingPool.replacing_pool_of(self.datastore)

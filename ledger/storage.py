@@ -86,7 +86,6 @@ class StoreURL:
             "POSTGRES_CONNECT_TIMEOUT": "5",
             "POSTGRES_POOL_SIZE": "5",
             "POSTGRES_MAX_OVERFLOW": "10",
-            "POSTGRES_PRE_PING": "y",
             "COMPRESSOR_TOPIC": compressor_topic(),
         }
         if self.schema:

@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from dspy_ledger.simulated_model import SimulatedModelServer, register_simulated_prices
+from ledger.application import ensure_postgres_schema
+from ledger.storage import parse_url
+from tests.helpers import open_factory
 
 POSTGRES_URL = os.environ.get(
     "DSPY_LEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -52,6 +56,15 @@ def postgres_url() -> Iterator[str]:
         connection.execute(
             sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
         )
+
+
+@pytest.fixture
+def postgres_factory(postgres_url: str) -> Iterator[Any]:
+    """The eventsourcing factory of a PostgreSQL ledger in a fresh schema, closed after."""
+    ensure_postgres_schema(parse_url(postgres_url))
+    opened = open_factory(postgres_url)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

@@ -8,8 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.utils import Environment
+
 import dspy_ledger
 from dspy_ledger import Ledger, RecordedEvent
+from ledger.application import LedgerApplication
+from ledger.storage import parse_url
 
 
 def events_of(ledger: Ledger) -> list[RecordedEvent]:
@@ -66,3 +71,10 @@ def whole_predictions(url: str) -> list[int]:
     return sorted(
         int(e.data["inputs"]["question"]) for e in events if e.type == "PredictionStarted"
     )
+
+
+def open_factory(url: str, *, create_table: bool = True) -> Any:
+    """The eventsourcing factory a ledger at ``url`` uses, as LedgerApplication builds it."""
+    env = parse_url(url).eventsourcing_env()
+    env["CREATE_TABLE"] = "y" if create_table else "n"
+    return InfrastructureFactory.construct(Environment(LedgerApplication.name, env))

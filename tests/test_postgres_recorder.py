@@ -8,40 +8,22 @@ import contextlib
 import multiprocessing
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from eventsourcing.persistence import (
-    InfrastructureFactory,
     IntegrityError,
     Notification,
     StoredEvent,
 )
 from eventsourcing.postgres import PostgresApplicationRecorder
-from eventsourcing.utils import Environment
 from psycopg import sql
 
-from ledger.application import LedgerApplication, ensure_postgres_schema
+from ledger.application import LedgerApplication
 from ledger.postgres_recorder import ColumnarApplicationRecorder
 from ledger.storage import parse_url
-
-
-def open_factory(url: str, *, create_table: bool = True) -> Any:
-    """The eventsourcing factory a ledger at ``url`` uses, as LedgerApplication builds it."""
-    store = parse_url(url)
-    env = store.eventsourcing_env()
-    env["CREATE_TABLE"] = "y" if create_table else "n"
-    return InfrastructureFactory.construct(Environment(LedgerApplication.name, env))
-
-
-@pytest.fixture
-def factory(postgres_url: str) -> Iterator[Any]:
-    ensure_postgres_schema(parse_url(postgres_url))
-    opened = open_factory(postgres_url)
-    yield opened
-    opened.close()
+from tests.helpers import open_factory
 
 
 def awkward_events(originator_id: uuid.UUID, count: int) -> list[StoredEvent]:
@@ -73,9 +55,11 @@ def test_the_ledger_opens_postgres_with_the_columnar_recorder(postgres_url: str)
         app.close()
 
 
-def test_events_round_trip_as_the_library_recorder_stores_them(factory: Any) -> None:
-    columnar = factory.application_recorder()
-    library = PostgresApplicationRecorder(factory.datastore, events_table_name="library_events")
+def test_events_round_trip_as_the_library_recorder_stores_them(postgres_factory: Any) -> None:
+    columnar = postgres_factory.application_recorder()
+    library = PostgresApplicationRecorder(
+        postgres_factory.datastore, events_table_name="library_events"
+    )
     library.create_table()
     batches = [awkward_events(uuid.uuid4(), 12), awkward_events(uuid.uuid4(), 1)]
     batches.append(awkward_events(uuid.uuid4(), 3) + awkward_events(uuid.uuid4(), 4))
@@ -100,9 +84,9 @@ def test_events_round_trip_as_the_library_recorder_stores_them(factory: Any) -> 
 
 
 def test_a_version_conflict_raises_the_library_error_and_keeps_nothing_of_the_batch(
-    factory: Any,
+    postgres_factory: Any,
 ) -> None:
-    recorder = factory.application_recorder()
+    recorder = postgres_factory.application_recorder()
     taken = uuid.uuid4()
     kept = awkward_events(taken, 2)
     assert recorder.insert_events(kept) == [1, 2]
@@ -134,9 +118,9 @@ def write_batches(url: str, batches: int, size: int, queue: Any) -> None:
 
 
 def test_writers_in_two_processes_make_ids_visible_in_order_without_gaps(
-    factory: Any, postgres_url: str
+    postgres_factory: Any, postgres_url: str
 ) -> None:
-    recorder = factory.application_recorder()
+    recorder = postgres_factory.application_recorder()
     batches, size = 40, 25
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -198,9 +182,9 @@ def _insert_functions(url: str) -> list[str]:
 
 
 def test_the_insert_function_is_made_once_and_writing_goes_on_without_it(
-    factory: Any, postgres_url: str
+    postgres_factory: Any, postgres_url: str
 ) -> None:
-    recorder = factory.application_recorder()
+    recorder = postgres_factory.application_recorder()
     assert recorder.insert_function_ready
     assert _insert_functions(postgres_url) == ["dspyledger_events_insert_v1"]
     again = open_factory(postgres_url)  # another process opening the same ledger
@@ -225,9 +209,9 @@ def test_the_insert_function_is_made_once_and_writing_goes_on_without_it(
 
 
 def test_an_insert_waits_for_the_table_lock_and_notifies_listeners(
-    factory: Any, postgres_url: str
+    postgres_factory: Any, postgres_url: str
 ) -> None:
-    recorder = factory.application_recorder()
+    recorder = postgres_factory.application_recorder()
     assert recorder.insert_function_ready
     schema = str(parse_url(postgres_url).schema)
     server = postgres_url.split("?", maxsplit=1)[0]
@@ -258,20 +242,20 @@ def test_an_insert_waits_for_the_table_lock_and_notifies_listeners(
 
 
 def test_inserting_leaves_every_pooled_connection_in_the_mode_the_pool_gave_it(
-    factory: Any,
+    postgres_factory: Any,
 ) -> None:
     # The library's pool makes its connections autocommit, and code that reads through
     # the pool without a transaction block (the views' feed, verify's scan) relies on
     # it: on a connection that is not, a read opens a transaction that is left open.
-    recorder = factory.application_recorder()
+    recorder = postgres_factory.application_recorder()
     assert recorder.insert_function_ready
     for _ in range(3):
         recorder.insert_events(awkward_events(uuid.uuid4(), 2))
-    pool = factory.datastore.pool
+    pool = postgres_factory.datastore.pool
     with contextlib.ExitStack() as held:
         # Hold every connection the pool has at once, so that each is looked at.
         connections = [
-            held.enter_context(factory.datastore.get_connection())
+            held.enter_context(postgres_factory.datastore.get_connection())
             for _ in range(pool.get_stats()["pool_size"])
         ]
         assert all(conn.autocommit for conn in connections)
