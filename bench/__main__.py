@@ -28,6 +28,7 @@ SECTIONS = (
     "bench.instructions",
     "bench.clock_split",
     "bench.throughput",
+    "bench.postgres_pool",
     "bench.views",
     "bench.integrity",
     "bench.replay",

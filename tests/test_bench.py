@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import main as bench_main
-from bench.common import POSTGRES_ENV, memory_folder
+from bench.common import POSTGRES_ENV, memory_folder, postgres_base_url
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"section", "name", "value", "unit", "baseline", "ratio", "target"}
@@ -52,6 +52,12 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
     # under SQLite's sync: the code's share of sync/sqlite apart from the disk's.
     if memory_folder() is not None:
         assert "sync/sqlite, file in memory (no disk) (hot path)" in names
+    # On PostgreSQL, the pool's connection check is timed per commit against the
+    # library's pre-ping, and after a restart a caller that does not retry is served.
+    if postgres_base_url() is not None:
+        commit = next(i for i in rows if i["name"].startswith("commit of 3 events, ledger"))
+        assert commit["baseline"] > 0
+        assert "after a restart: direct use, ledger's pool (1 of 1 given a connection)" in names
     for item in rows:
         if " minus " in item["name"]:
             # A difference of two medians of a few noisy rounds: it may come out below 0.
