@@ -3,8 +3,8 @@
 The ledger's pool used to check every connection it handed out with an empty query (the
 library's ``POSTGRES_PRE_PING``, psycopg_pool's ``check_connection``), so that a connection
 the server had dropped (a restart, a failover, ``pg_terminate_backend``) was replaced
-before anyone used it. That query cost a round trip per checkout: about 100–150 µs of wall
-time and 60–100 µs of client CPU per commit here, a sixth of a three-event commit
+before anyone used it. That query cost a round trip per checkout: about 100-150 µs of wall
+time and 60-100 µs of client CPU per commit here, a sixth of a three-event commit
 (docs/performance.md, items 23 and 24). And when the server had dropped every connection at
 once, psycopg_pool's check loop slept after each connection that failed its check (one
 second, then two, then four): a caller that does not retry (the governance counters, the
@@ -19,7 +19,7 @@ something is there asks the server with the empty query, which also consumes wha
 waiting (a notification, a parameter change). A connection found dead is closed and handed
 back, which makes the pool replace it, and the next one is looked at straight away: after a
 restart the first caller walks past every dead connection in microseconds and waits only
-for a new one to connect (10–20 ms here).
+for a new one to connect (10-20 ms here).
 
 Neither check sees a peer that vanished without a word (a network partition with no
 reset): the socket stays quiet, and the empty query would have waited on it too. Nor a
