@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
+from eventsourcing.persistence import OperationalError
 
 import dspy_ledger
+from dspy_ledger.cli.errors import run_app
 from ledger.errors import StorageURLError
 from ledger.storage import DEFAULT_URL, parse_url, resolve_url
 
@@ -165,3 +168,29 @@ def test_usage_errors_name_the_problem_without_a_traceback(
     assert done.returncode == 2
     assert phrase in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_store_that_fails_during_a_command_is_one_sentence_and_exit_code_3(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What psycopg reports when the server goes away under a running command.
+    app = typer.Typer()
+
+    @app.command()
+    def read() -> None:
+        msg = (
+            "consuming input failed: server closed the connection unexpectedly\n"
+            "\tThis probably means the server terminated abnormally"
+        )
+        raise OperationalError(msg)
+
+    monkeypatch.setattr(sys, "argv", ["dspy-ledger"])
+    with pytest.raises(SystemExit) as done:
+        run_app(app)
+    assert done.value.code == 3
+    said = capsys.readouterr().err
+    assert said == (
+        "dspy-ledger: the ledger's database failed during the command (consuming input "
+        "failed: server closed the connection unexpectedly This probably means the server "
+        "terminated abnormally); what it had committed is kept.\n"
+    )

@@ -2,9 +2,10 @@
 
 Exit codes: 0 success; 1 the ledger could not record or verify what was asked;
 2 bad input (usage, ids, URLs, malformed patterns, negative budgets, an unknown or
-already forgotten data subject); 3 the store is unavailable or does not exist; 4 the
-master key is missing or wrong; 5 an LM call was refused by governance; 6 ``replay``
-ran but not every prediction replayed identically; 130 interrupted.
+already forgotten data subject); 3 the store is unavailable or does not exist, or failed
+during the command; 4 the master key is missing or wrong; 5 an LM call was refused by
+governance; 6 ``replay`` ran but not every prediction replayed identically; 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import click
 import typer
+from eventsourcing.persistence import PersistenceError
 
 from ledger.errors import (
     GovernanceError,
@@ -78,6 +80,16 @@ def run_app(app: Any) -> None:
     except LedgerError as error:
         typer.echo(f"dspy-ledger: {error}", err=True)
         sys.exit(exit_code_for(error))
+    except PersistenceError as error:
+        # The store failed after the command had opened it (a server restarted, a disk
+        # filled): each write is its own transaction, so what was committed stays.
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        typer.echo(
+            f"dspy-ledger: the ledger's database failed during the command ({reason}); "
+            "what it had committed is kept.",
+            err=True,
+        )
+        sys.exit(EXIT_STORE)
     except _EXIT as done:
         sys.exit(done.exit_code)
     except _ABORT:
