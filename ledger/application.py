@@ -207,13 +207,20 @@ def ensure_postgres_schema(store: StoreURL) -> None:
         )
 
 
-def store_error(store: StoreURL, error: BaseException) -> StoreUnavailableError:
-    """Translate a driver or library error into one clear sentence naming the store."""
+def error_reason(store: StoreURL, error: BaseException) -> str:
+    """A driver or library error's text on one line, shortened, with the URL's password
+    masked: to quote in a sentence."""
     reason = " ".join(str(error).split()) or type(error).__name__
     if len(reason) > 300:
         reason = reason[:300] + "..."
     if store.password:
         reason = reason.replace(store.password, "***")
+    return reason
+
+
+def store_error(store: StoreURL, error: BaseException) -> StoreUnavailableError:
+    """Translate a driver or library error into one clear sentence naming the store."""
+    reason = error_reason(store, error)
     if store.backend == "postgres":
         hint = (
             "check that the server is running and that the URL's user, password "

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.persistence import InterfaceError, Notification, OperationalError, Tracking
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore
 
@@ -137,43 +137,88 @@ def rebuild(
         projection.view.build_indexes()
 
 
+#: Seconds between attempts to reach a store that following lost, growing to the last.
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
 def follow(
     projections: Sequence[ViewProjection],
     stopping: threading.Event,
     *,
     poll_interval: float = 1.0,
     on_batch: Callable[[str, int], None] | None = None,
+    on_lost: Callable[[Exception], None] | None = None,
+    on_resumed: Callable[[], None] | None = None,
 ) -> None:
     """Keep the views up to date until ``stopping`` is set.
 
     SQLite has no notifications, so it is polled; PostgreSQL views catch up whenever
     the library's LISTEN/NOTIFY subscription says something was written.
+
+    Losing the store does not end following: a PostgreSQL restart or failover drops
+    the listening connection, and a server that is down does not answer a catch-up.
+    ``on_lost`` is told once, the views try again after a pause that grows to
+    :data:`RETRY_DELAYS`' last, and once a catch-up succeeds ``on_resumed`` is told and
+    following goes on (with a new subscription) from each view's tracked position, so
+    nothing written meanwhile is skipped or applied twice.
     """
+    failures = 0
+    while not stopping.is_set():
+        try:
+            for _ in _catch_up_rounds(projections, stopping, poll_interval, on_batch):
+                if failures:
+                    failures = 0
+                    if on_resumed is not None:
+                        on_resumed()
+            return
+        except (OperationalError, InterfaceError) as error:
+            if not failures and on_lost is not None:
+                on_lost(error)
+            stopping.wait(RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)])
+            failures += 1
+
+
+def _catch_up_rounds(
+    projections: Sequence[ViewProjection],
+    stopping: threading.Event,
+    poll_interval: float,
+    on_batch: Callable[[str, int], None] | None,
+) -> Iterator[None]:
+    """Catch every view up, once now and again whenever there may be more; yield after
+    each round, until ``stopping`` is set. A store that fails raises."""
+
+    def catch_up_all() -> None:
+        for projection in projections:
+            done = catch_up(projection)
+            if done and on_batch is not None:
+                on_batch(projection.name, done)
+
+    catch_up_all()
+    yield
     app = projections[0].app
     if app.store.backend != "postgres":
-        while not stopping.is_set():
-            for projection in projections:
-                done = catch_up(projection)
-                if done and on_batch is not None:
-                    on_batch(projection.name, done)
-            stopping.wait(poll_interval)
+        while not stopping.wait(poll_interval):
+            catch_up_all()
+            yield
         return
-    for projection in projections:
-        catch_up(projection)
     subscription = app.recorder.subscribe(gt=min(p.view.position() for p in projections))
+    ended = threading.Event()
 
     def stop_when_told() -> None:
-        stopping.wait()
+        while not stopping.wait(0.1):
+            if ended.is_set():
+                return
         subscription.stop()
 
-    stopper = threading.Thread(target=stop_when_told, daemon=True)
-    stopper.start()
-    with subscription:
-        for _ in subscription:
-            # The subscription only wakes us; catch-up reads in batches and tracks exactly.
-            for projection in projections:
-                done = catch_up(projection)
-                if done and on_batch is not None:
-                    on_batch(projection.name, done)
-            if stopping.is_set():
-                break
+    threading.Thread(target=stop_when_told, daemon=True).start()
+    try:
+        with subscription:
+            for _ in subscription:
+                # The subscription only wakes us; catch-up reads in batches and tracks
+                # exactly.
+                catch_up_all()
+                yield
+                if stopping.is_set():
+                    return
+    finally:
+        ended.set()

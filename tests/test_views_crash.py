@@ -8,20 +8,26 @@ library's LISTEN/NOTIFY subscription while this test records more.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import dspy_ledger
+from bench.postgres_pool import drop_connections
 from bench.synthetic import generate
 from dspy_ledger import views
 from projections.runner import VIEW_NAMES, open_memory_view, open_view, rebuild
+from tests.conftest import POSTGRES_URL
 from tests.test_views import view_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,28 +100,55 @@ def test_projections_run_follows_postgresql_live(postgres_url: str) -> None:
     with dspy_ledger.open(postgres_url, actor="tester") as ledger:
         ledger.stop_auto_checkpoints()
         generate(ledger, 100, days=2)
+    with _follower(postgres_url) as follower, dspy_ledger.open(postgres_url) as ledger:
+        ledger.stop_auto_checkpoints()
+        for _ in range(3):
+            time.sleep(1.0)
+            generate(ledger, 50, days=2, seed=random.randrange(10**6))
+        _wait_until_the_views_reach(ledger.app.last_position(), ledger, follower)
+    _assert_views_equal_a_rebuild(postgres_url)
+
+
+def test_projections_run_keeps_following_when_postgresql_drops_its_connections(
+    postgres_url: str,
+) -> None:
+    # As a restart or a failover does: the follower's listening connection and every
+    # pooled one are dropped on the server, while events go on being written.
+    with dspy_ledger.open(postgres_url, actor="tester") as ledger:
+        ledger.stop_auto_checkpoints()
+        generate(ledger, 50, days=2)
+    name = f"dspy-ledger-follower-{uuid.uuid4().hex[:8]}"
+    with _follower(postgres_url, name) as follower, dspy_ledger.open(postgres_url) as ledger:
+        ledger.stop_auto_checkpoints()
+        _wait_until_the_views_reach(ledger.app.last_position(), ledger, follower)
+        _wait_until_listening(name, follower)
+        drop_connections(POSTGRES_URL, name)
+        generate(ledger, 50, days=2, seed=7)
+        _wait_until_the_views_reach(ledger.app.last_position(), ledger, follower)
+    assert follower.stderr is not None
+    said = follower.stderr.read()
+    assert "dspy-ledger: lost the ledger's database (" in said
+    assert "dspy-ledger: the ledger's database answers again; following." in said
+    assert "Traceback" not in said
+    _assert_views_equal_a_rebuild(postgres_url)
+
+
+@contextlib.contextmanager
+def _follower(url: str, application_name: str = "") -> Iterator[subprocess.Popen[str]]:
+    """``dspy-ledger projections run`` following ``url`` (its connections named
+    ``application_name`` on the server), stopped with Ctrl-C at the end."""
+    environment = _environment()
+    if application_name:
+        environment["PGAPPNAME"] = application_name
     follower = subprocess.Popen(
-        [sys.executable, "-m", "dspy_ledger.cli", "projections", "run", "--db", postgres_url],
-        env=_environment(),
+        [sys.executable, "-m", "dspy_ledger.cli", "projections", "run", "--db", url],
+        env=environment,
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        with dspy_ledger.open(postgres_url, actor="tester") as ledger:
-            ledger.stop_auto_checkpoints()
-            for _ in range(3):
-                time.sleep(1.0)
-                generate(ledger, 50, days=2, seed=random.randrange(10**6))
-            last = ledger.app.last_position()
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                positions = {s.view: s.position for s in _status(ledger)}
-                if all(p == last for p in positions.values()):
-                    break
-                assert follower.poll() is None, follower.stderr.read() if follower.stderr else ""
-                time.sleep(0.2)
-            assert all(p == last for p in positions.values()), positions
+        yield follower
     finally:
         follower.send_signal(signal.SIGINT)
         try:
@@ -123,7 +156,32 @@ def test_projections_run_follows_postgresql_live(postgres_url: str) -> None:
         except subprocess.TimeoutExpired:
             follower.kill()
             follower.wait()
-    _assert_views_equal_a_rebuild(postgres_url)
+
+
+def _wait_until_the_views_reach(
+    last: int, ledger: dspy_ledger.Ledger, follower: subprocess.Popen[str]
+) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        positions = {s.view: s.position for s in _status(ledger)}
+        if all(p == last for p in positions.values()):
+            return
+        assert follower.poll() is None, follower.stderr.read() if follower.stderr else ""
+        time.sleep(0.2)
+    raise AssertionError(positions)
+
+
+def _wait_until_listening(application_name: str, follower: subprocess.Popen[str]) -> None:
+    """Wait until the follower's subscription has its LISTEN in place on the server."""
+    deadline = time.monotonic() + 30
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as observer:
+        while not observer.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s AND query LIKE 'LISTEN%%'",
+            [application_name],
+        ).fetchone():
+            assert time.monotonic() < deadline, "the follower never listened"
+            assert follower.poll() is None, follower.stderr.read() if follower.stderr else ""
+            time.sleep(0.1)
 
 
 def _status(ledger: dspy_ledger.Ledger) -> list[views.ViewStatus]:

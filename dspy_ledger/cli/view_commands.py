@@ -18,6 +18,7 @@ from dspy_ledger.cli.lineage_tree import print_lineage, print_uses
 from dspy_ledger.cli.options import DbOption, JsonOption
 from dspy_ledger.cli.output import folding_table, stdout_console
 from dspy_ledger.ledger import Ledger
+from ledger.application import error_reason
 from ledger.errors import InvalidInputError
 from projections.runner import VIEW_NAMES
 
@@ -356,11 +357,20 @@ def projections_run(
         names = [view] if view else list(VIEW_NAMES)
         views.update_views(ledger, view)
         stopping = threading.Event()
+        store = ledger.app.store
         try:
             follow_views(
                 [open_view(ledger.app, n) for n in names],
                 stopping,
                 on_batch=lambda name, count: typer.echo(f"{name}: +{count} events", err=True),
+                on_lost=lambda error: typer.echo(
+                    f"dspy-ledger: lost the ledger's database ({error_reason(store, error)}); "
+                    "following again once it answers.",
+                    err=True,
+                ),
+                on_resumed=lambda: typer.echo(
+                    "dspy-ledger: the ledger's database answers again; following.", err=True
+                ),
             )
         except KeyboardInterrupt:
             stopping.set()
