@@ -52,6 +52,9 @@ def test_the_ledger_pool_hands_out_a_healthy_connection_without_a_query_to_the_s
 ) -> None:
     datastore = postgres_factory.datastore
     assert isinstance(datastore.pool, LivenessCheckingPool)
+    # Configured as the library's pool was, from the ledger's settings.
+    pool = datastore.pool
+    assert (pool.min_size, pool.max_size, pool.timeout) == (5, 15, 5.0)
     marks = {}
     with every_pooled_connection(datastore) as connections:
         for conn in connections:
