@@ -19,7 +19,7 @@ from eventsourcing.persistence import (
 
 from ledger.errors import LedgerNotFoundError, RecordingError, StoreUnavailableError
 from ledger.privacy import PrivacyMapper, SubjectKeys, load_master_key
-from ledger.storage import StoreURL
+from ledger.storage import StoreURL, postgres_application_name
 
 if TYPE_CHECKING:
     import psycopg
@@ -171,6 +171,7 @@ def postgres_connection(store: StoreURL) -> psycopg.Connection[Any]:
         dbname=store.dbname,
         connect_timeout=5,
         autocommit=True,
+        application_name=postgres_application_name(),
     )
 
 

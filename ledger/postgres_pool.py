@@ -84,17 +84,23 @@ class LivenessCheckingPool(ConnectionPool[Any]):
             self.putconn(conn)
 
     @classmethod
-    def replacing_pool_of(cls, datastore: PostgresDatastore) -> None:
-        """Give ``datastore`` a pool of this class, configured as the one it made.
+    def replacing_pool_of(
+        cls, datastore: PostgresDatastore, *, application_name: str | None = None
+    ) -> None:
+        """Give ``datastore`` a pool of this class, configured as the one it made, whose
+        connections name themselves ``application_name`` to the server if given.
 
         The library's datastore makes its pool itself, closed; this one takes its place
         before anything opens it.
         """
         made = datastore.pool
+        kwargs = made.kwargs
+        if application_name is not None and isinstance(kwargs, dict):
+            kwargs = {**kwargs, "application_name": application_name}
         datastore.pool = cls(
             get_password_func=made.get_password_func,
             connection_class=made.connection_class,
-            kwargs=made.kwargs,
+            kwargs=kwargs,
             min_size=made.min_size,
             max_size=made.max_size,
             open=False,

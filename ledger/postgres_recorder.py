@@ -56,6 +56,7 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier, Literal
 
 from ledger.postgres_pool import LivenessCheckingPool
+from ledger.storage import postgres_application_name
 
 logger = logging.getLogger("dspy_ledger")
 
@@ -219,11 +220,14 @@ class LedgerPostgresFactory(PostgresFactory):
     """The library's PostgreSQL factory with :class:`ColumnarApplicationRecorder`.
 
     Tracking and process recorders (views, the Merkle log) stay the library's. The
-    datastore's pool is a :class:`~ledger.postgres_pool.LivenessCheckingPool`.
+    datastore's pool is a :class:`~ledger.postgres_pool.LivenessCheckingPool`, whose
+    connections name themselves ``dspy-ledger`` to the server unless ``PGAPPNAME`` is set.
     """
 
     application_recorder_class = ColumnarApplicationRecorder
 
     def __init__(self, env: Environment | EnvType | None):
         super().__init__(env)
-        LivenessCheckingPool.replacing_pool_of(self.datastore)
+        LivenessCheckingPool.replacing_pool_of(
+            self.datastore, application_name=postgres_application_name()
+        )

@@ -29,6 +29,15 @@ DEFAULT_URL = "sqlite:///.dspy-ledger/ledger.db"
 #: The eventsourcing factory for PostgreSQL: the library's, inserting batches as binary
 #: arrays (ledger/postgres_recorder.py). A topic, so SQLite users never import psycopg.
 POSTGRES_PERSISTENCE_TOPIC = "ledger.postgres_recorder:LedgerPostgresFactory"
+#: How the ledger's PostgreSQL connections name themselves to the server
+#: (``pg_stat_activity.application_name``), unless ``PGAPPNAME`` names them otherwise.
+POSTGRES_APPLICATION_NAME = "dspy-ledger"
+
+
+def postgres_application_name() -> str | None:
+    """The ``application_name`` to connect with: None where ``PGAPPNAME`` is set, which
+    libpq then uses itself."""
+    return None if os.environ.get("PGAPPNAME") else POSTGRES_APPLICATION_NAME
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import pytest
 
+from ledger.application import ensure_postgres_schema, postgres_connection
 from ledger.postgres_pool import LivenessCheckingPool, connection_is_usable
+from ledger.storage import parse_url
 from tests.conftest import POSTGRES_URL
+from tests.helpers import open_factory
 
 
 @contextlib.contextmanager
@@ -106,3 +110,25 @@ def test_a_closed_or_dropped_connection_is_not_usable() -> None:
     with psycopg.connect(POSTGRES_URL, autocommit=True) as dropped:
         terminate([dropped.info.backend_pid])
         assert not connection_is_usable(dropped)
+
+
+def test_the_ledgers_connections_name_themselves_to_the_server(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # So that an operator finds them in pg_stat_activity; PGAPPNAME, libpq's own
+    # setting, names them otherwise.
+    monkeypatch.delenv("PGAPPNAME", raising=False)
+    named = {}
+    for setting in (None, "billing-service"):
+        if setting is not None:
+            monkeypatch.setenv("PGAPPNAME", setting)
+        ensure_postgres_schema(parse_url(postgres_url))
+        factory = open_factory(postgres_url)
+        try:
+            with every_pooled_connection(factory.datastore) as connections:
+                named[setting] = {c.info.parameter_status("application_name") for c in connections}
+        finally:
+            factory.close()
+        with postgres_connection(parse_url(postgres_url)) as direct:
+            named[setting].add(direct.info.parameter_status("application_name"))
+    assert named == {None: {"dspy-ledger"}, "billing-service": {"billing-service"}}
