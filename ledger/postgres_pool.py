@@ -77,7 +77,12 @@ class LivenessCheckingPool(ConnectionPool[Any]):
             except PoolTimeout:
                 msg = f"couldn't get a connection after {wait:.2f} sec"
                 raise PoolTimeout(msg) from None
-            if connection_is_usable(conn):
+            try:
+                usable = connection_is_usable(conn)
+            except BaseException:  # Ctrl-C while asking: give the connection back
+                self.putconn(conn)
+                raise
+            if usable:
                 return conn
             # Closed and handed back, the pool counts it lost and connects a replacement.
             conn.close()
