@@ -36,22 +36,28 @@ def drop_connections(url: str, application_name: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as observer:
-        dropped = [
+        pids = [
             pid
             for (pid,) in observer.execute(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
                 [application_name],
             )
         ]
-        observer.execute(
-            "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [dropped]
-        )
+    terminate_backends(url, pids)
+
+
+def terminate_backends(url: str, pids: list[int]) -> None:
+    """Drop the server processes ``pids`` and return once the server has ended them."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as observer:
+        observer.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
         deadline = time.monotonic() + 10
         while observer.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [dropped]
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [pids]
         ).fetchone() != (0,):
             if time.monotonic() > deadline:
-                msg = f"the server did not end the connections of {application_name!r} in 10 s"
+                msg = f"the server did not end processes {pids} in 10 s"
                 raise RuntimeError(msg)
             time.sleep(0.02)
 

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from bench.postgres_pool import terminate_backends
 from ledger.application import ensure_postgres_schema, postgres_connection
 from ledger.postgres_pool import LivenessCheckingPool, connection_is_usable
 from ledger.storage import parse_url
@@ -36,19 +37,6 @@ def last_queries(pids: list[int]) -> dict[int, str]:
             "SELECT pid, query FROM pg_stat_activity WHERE pid = ANY(%s)", [pids]
         ).fetchall()
     return dict(rows)
-
-
-def terminate(pids: list[int]) -> None:
-    """Drop the server processes ``pids``, as a restart or a failover would, and wait
-    until they are gone."""
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as observer:
-        observer.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
-        deadline = time.monotonic() + 10
-        while observer.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [pids]
-        ).fetchone() != (0,):
-            assert time.monotonic() < deadline, "the server did not end its processes"
-            time.sleep(0.02)
 
 
 def test_the_ledger_pool_hands_out_a_healthy_connection_without_a_query_to_the_server(
@@ -77,7 +65,7 @@ def test_connections_the_server_dropped_are_replaced_before_a_caller_that_does_n
     datastore = postgres_factory.datastore
     with every_pooled_connection(datastore) as connections:
         dropped = [conn.info.backend_pid for conn in connections]
-    terminate(dropped)
+    terminate_backends(POSTGRES_URL, dropped)
     # A direct use of the pool, as the governance counters and the key store make, has
     # no retry of its own: the first connection it is given must work.
     with datastore.transaction(commit=False) as cursor:
@@ -108,7 +96,7 @@ def test_a_closed_or_dropped_connection_is_not_usable() -> None:
     closed.close()
     assert not connection_is_usable(closed)
     with psycopg.connect(POSTGRES_URL, autocommit=True) as dropped:
-        terminate([dropped.info.backend_pid])
+        terminate_backends(POSTGRES_URL, [dropped.info.backend_pid])
         assert not connection_is_usable(dropped)
 
 
