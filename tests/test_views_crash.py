@@ -3,7 +3,8 @@
 A real subprocess catches the views up in small batches and is SIGKILLed at random
 moments, then restarted; at the end every view equals a rebuild from zero. On
 PostgreSQL, ``dspy-ledger projections run`` follows the ledger live through the
-library's LISTEN/NOTIFY subscription while this test records more.
+library's LISTEN/NOTIFY subscription while this test records more, and goes on following
+when the server drops its connections.
 """
 
 from __future__ import annotations
