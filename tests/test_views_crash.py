@@ -110,6 +110,18 @@ def test_projections_run_follows_postgresql_live(postgres_url: str) -> None:
     _assert_views_equal_a_rebuild(postgres_url)
 
 
+def test_projections_run_follows_sqlite_by_polling(sqlite_url: str) -> None:
+    with dspy_ledger.open(sqlite_url, actor="tester") as ledger:
+        ledger.stop_auto_checkpoints()
+        generate(ledger, 50, days=2)
+    with _follower(sqlite_url) as follower, dspy_ledger.open(sqlite_url) as ledger:
+        ledger.stop_auto_checkpoints()
+        _wait_until_the_views_reach(ledger.app.last_position(), ledger, follower)
+        generate(ledger, 50, days=2, seed=11)
+        _wait_until_the_views_reach(ledger.app.last_position(), ledger, follower)
+    _assert_views_equal_a_rebuild(sqlite_url)
+
+
 def test_projections_run_keeps_following_when_postgresql_drops_its_connections(
     postgres_url: str,
 ) -> None:
