@@ -14,7 +14,7 @@ by side in one process, the same recorder on both:
   is given a working connection. A direct use that fails is counted and timed to its error.
 
 Measured only where PostgreSQL answers. The quick run times the ledger's pool only after a
-restart: the library's takes five to six seconds there.
+restart: the library's takes five to ten seconds there.
 """
 
 from __future__ import annotations
