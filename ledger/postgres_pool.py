@@ -19,7 +19,7 @@ something is there asks the server with the empty query, which also consumes wha
 waiting (a notification, a parameter change). A connection found dead is closed and handed
 back, which makes the pool replace it, and the next one is looked at straight away: after a
 restart the first caller walks past every dead connection in microseconds and waits only
-for a new one to connect (10-20 ms here).
+for a new one to connect (8-15 ms here).
 
 Neither check sees a peer that vanished without a word (a network partition with no
 reset): the socket stays quiet, and the empty query would have waited on it too. Nor a
