@@ -37,7 +37,6 @@ import sys
 from dspy_ledger.ledger import Ledger
 from projections.runner import VIEW_NAMES, catch_up, open_view
 ledger = Ledger(sys.argv[1], create=False)
-ledger.stop_auto_checkpoints()
 projections = [open_view(ledger.app, name) for name in VIEW_NAMES]
 for projection in projections:
     catch_up(projection, batch_size=40, progress=lambda n: print("batch", flush=True))
@@ -62,7 +61,6 @@ def _assert_views_equal_a_rebuild(url: str) -> None:
 
 def test_a_runner_killed_at_random_moments_ends_equal_to_a_rebuild(ledger_url: str) -> None:
     with dspy_ledger.open(ledger_url, actor="tester") as ledger:
-        ledger.stop_auto_checkpoints()
         generate(ledger, 1_500, days=5)
         views.set_price(ledger, "openai/gpt-4o", input_usd_per_1m=2.5, output_usd_per_1m=10)
         last = ledger.app.last_position()
@@ -99,10 +97,8 @@ def test_a_runner_killed_at_random_moments_ends_equal_to_a_rebuild(ledger_url: s
 
 def test_projections_run_follows_postgresql_live(postgres_url: str) -> None:
     with dspy_ledger.open(postgres_url, actor="tester") as ledger:
-        ledger.stop_auto_checkpoints()
         generate(ledger, 100, days=2)
     with _follower(postgres_url) as follower, dspy_ledger.open(postgres_url) as ledger:
-        ledger.stop_auto_checkpoints()
         for _ in range(3):
             time.sleep(1.0)
             generate(ledger, 50, days=2, seed=random.randrange(10**6))
@@ -112,10 +108,8 @@ def test_projections_run_follows_postgresql_live(postgres_url: str) -> None:
 
 def test_projections_run_follows_sqlite_by_polling(sqlite_url: str) -> None:
     with dspy_ledger.open(sqlite_url, actor="tester") as ledger:
-        ledger.stop_auto_checkpoints()
         generate(ledger, 50, days=2)
     with _follower(sqlite_url) as follower, dspy_ledger.open(sqlite_url) as ledger:
-        ledger.stop_auto_checkpoints()
         _wait_until_the_views_reach(ledger.app.last_position(), ledger, follower)
         generate(ledger, 50, days=2, seed=11)
         _wait_until_the_views_reach(ledger.app.last_position(), ledger, follower)
@@ -128,11 +122,9 @@ def test_projections_run_keeps_following_when_postgresql_drops_its_connections(
     # As a restart or a failover does: the follower's listening connection and every
     # pooled one are dropped on the server, while events go on being written.
     with dspy_ledger.open(postgres_url, actor="tester") as ledger:
-        ledger.stop_auto_checkpoints()
         generate(ledger, 50, days=2)
     name = f"dspy-ledger-follower-{uuid.uuid4().hex[:8]}"
     with _follower(postgres_url, name) as follower, dspy_ledger.open(postgres_url) as ledger:
-        ledger.stop_auto_checkpoints()
         _wait_until_the_views_reach(ledger.app.last_position(), ledger, follower)
         _wait_until_listening(name, follower)
         drop_connections(POSTGRES_URL, name)
@@ -213,4 +205,6 @@ def _status(ledger: dspy_ledger.Ledger) -> list[views.ViewStatus]:
 
 @pytest.fixture(autouse=True)
 def _no_auto_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No automatic checkpoints in this module's ledgers, nor (through ``_environment``)
+    in its subprocesses': the tests compare views, not logs."""
     monkeypatch.setenv("DSPY_LEDGER_CHECKPOINT_EVERY", "0")
