@@ -15,11 +15,13 @@ from eventsourcing.persistence import (
     Mapper,
     Notification,
     PersistenceError,
+    Transcoder,
 )
 
 from ledger.errors import LedgerNotFoundError, RecordingError, StoreUnavailableError
 from ledger.privacy import PrivacyMapper, SubjectKeys, load_master_key
 from ledger.storage import StoreURL, postgres_application_name
+from ledger.transcoding import LedgerTranscoder
 
 if TYPE_CHECKING:
     import psycopg
@@ -66,6 +68,12 @@ class LedgerApplication(Application[UUID]):
         self.subject_keys = SubjectKeys(self.factory.datastore, load_master_key())  # type: ignore[attr-defined]
         assert isinstance(self.mapper, PrivacyMapper)
         self.mapper.keys = self.subject_keys
+
+    def construct_transcoder(self) -> Transcoder:
+        """The library's JSON transcoding, written with orjson (ledger.transcoding)."""
+        transcoder = LedgerTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def construct_mapper(self) -> Mapper[UUID]:
         """The library's mapper, extended to encrypt personal data per data subject."""

@@ -34,6 +34,10 @@ class LedgerAggregate(Aggregate):
         #: Names of the fields that hold personal data about the event's ``subject``.
         #: Plain data: the store (ledger.privacy) encrypts them under the subject's key.
         personal_fields: ClassVar[tuple[str, ...]] = ()
+        #: Names of the fields the recorder fills only with payloads it has converted to
+        #: plain JSON (commands.payloads). The store writes them without walking them in
+        #: Python (ledger.transcoding), so nothing else may ever be put in them.
+        converted_fields: ClassVar[frozenset[str]] = frozenset()
 
     class Created(Event, Aggregate.Created):
         """Base of the events that start a stream."""

@@ -31,6 +31,7 @@ class Prediction(LedgerAggregate):
         payload_notes: dict[str, Any]
 
         personal_fields = ("inputs",)
+        converted_fields = frozenset({"inputs"})
 
     class ModelExecuted(LedgerAggregate.Event):
         """A language model was called inside the prediction."""
@@ -52,6 +53,7 @@ class Prediction(LedgerAggregate):
         payload_notes: dict[str, Any]
 
         personal_fields = ("messages", "outputs", "error")
+        converted_fields = frozenset({"request", "messages", "outputs", "usage"})
 
         def apply(self, aggregate: Prediction) -> None:
             """Count the LM call."""
@@ -66,6 +68,7 @@ class Prediction(LedgerAggregate):
         payload_notes: dict[str, Any]
 
         personal_fields = ("outputs", "call_tree")
+        converted_fields = frozenset({"outputs", "call_tree"})
 
         def apply(self, aggregate: Prediction) -> None:
             """Mark the prediction completed."""
@@ -80,6 +83,7 @@ class Prediction(LedgerAggregate):
         latency_ms: float
 
         personal_fields = ("message", "call_tree")
+        converted_fields = frozenset({"call_tree"})
 
         def apply(self, aggregate: Prediction) -> None:
             """Mark the prediction failed."""

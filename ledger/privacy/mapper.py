@@ -33,6 +33,7 @@ from eventsourcing.utils import get_topic
 from ledger.errors import PrivacyError
 from ledger.privacy.keystore import SubjectKeys
 from ledger.privacy.master import NONCE_BYTES
+from ledger.transcoding import LedgerTranscoder
 
 #: What an erased personal field reads as.
 ERASED: Final = "[erased]"
@@ -53,30 +54,50 @@ class PrivacyMapper(Mapper[UUID]):
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         """Seal the event's personal fields under its subject's key, then store it."""
         cls = type(domain_event)
-        names = _sealed_names(domain_event)
-        if not names:
-            return super().to_stored_event(domain_event)
-        if self.keys is None:  # pragma: no cover - LedgerApplication always attaches keys
-            msg = "Personal data cannot be stored: this ledger has no key store."
-            raise PrivacyError(msg)
-        subject: str = domain_event.subject  # type: ignore[attr-defined]
+        topic = get_topic(cls)
         state = dict(vars(domain_event))
-        personal = {name: state.pop(name) for name in names}
-        key_id, key = self.keys.key_for_writing(subject, str(domain_event.originator_id))
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        sealed = AESGCM(key).encrypt(
-            nonce, self.transcoder.encode(personal), _binding(domain_event, get_topic(cls))
+        converted: frozenset[str] = getattr(cls, "converted_fields", frozenset())
+        names = _sealed_names(domain_event)
+        if names:
+            if self.keys is None:  # pragma: no cover - LedgerApplication always attaches keys
+                msg = "Personal data cannot be stored: this ledger has no key store."
+                raise PrivacyError(msg)
+            subject: str = domain_event.subject  # type: ignore[attr-defined]
+            personal = {name: state.pop(name) for name in names}
+            key_id, key = self.keys.key_for_writing(subject, str(domain_event.originator_id))
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            sealed = AESGCM(key).encrypt(
+                nonce, self._encode(personal, converted), _binding(domain_event, topic)
+            )
+            state[PERSONAL] = {
+                "key": key_id,
+                "nonce": base64.b64encode(nonce).decode("ascii"),
+                "data": base64.b64encode(sealed).decode("ascii"),
+                "fields": sorted(personal),
+            }
+        # The library's Mapper.to_stored_event (9.5), with the state encoded knowing which
+        # of its fields are converted payloads (ledger.transcoding).
+        originator_id = state.pop("originator_id")
+        originator_version = state.pop("originator_version")
+        class_version = getattr(cls, "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        stored_state = self._encode(state, converted)
+        if self.compressor:
+            stored_state = self.compressor.compress(stored_state)
+        if self.cipher:
+            stored_state = self.cipher.encrypt(stored_state)
+        return StoredEvent(
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=topic,
+            state=stored_state,
         )
-        state[PERSONAL] = {
-            "key": key_id,
-            "nonce": base64.b64encode(nonce).decode("ascii"),
-            "data": base64.b64encode(sealed).decode("ascii"),
-            "fields": sorted(personal),
-        }
-        # The base class stores vars(event): hand it a copy whose vars are the new state.
-        stand_in = object.__new__(cls)
-        object.__setattr__(stand_in, "__dict__", state)
-        return super().to_stored_event(stand_in)
+
+    def _encode(self, state: dict[str, Any], converted: frozenset[str]) -> bytes:
+        if isinstance(self.transcoder, LedgerTranscoder):
+            return self.transcoder.encode_event_state(state, converted)
+        return self.transcoder.encode(state)
 
     @staticmethod
     def sealed_streams(events: Iterable[DomainEventProtocol[UUID]]) -> list[tuple[str, str]]:
