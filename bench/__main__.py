@@ -29,6 +29,7 @@ SECTIONS = (
     "bench.clock_split",
     "bench.throughput",
     "bench.postgres_pool",
+    "bench.encoding",
     "bench.views",
     "bench.integrity",
     "bench.replay",

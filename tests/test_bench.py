@@ -48,6 +48,11 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
         "async/sqlite, writer process discarding drafts",
     } <= names
     assert "ledger capacity: async/sqlite, 1 thread(s)" in names
+    # The events' JSON: the ledger's encoder against the library's, and every state of a
+    # recorded prediction written by the ledger's own (none handed to the library's).
+    assert any(i["name"].startswith("mapping a prediction's events") for i in rows)
+    own = next(i for i in rows if i["name"].startswith("event states the ledger's encoder"))
+    assert own["value"] == 1.0
     # Where there is a memory file system, sync recording is also measured with no disk
     # under SQLite's sync: the code's share of sync/sqlite apart from the disk's.
     if memory_folder() is not None:
