@@ -32,6 +32,8 @@ SECTION = "2c. Writing a prediction's events as stored rows"
 
 def _events(count: int) -> tuple[Any, list[Any]]:
     """A ledger application in memory and the events of ``count`` recorded predictions."""
+    from eventsourcing.domain import Aggregate
+
     from bench.throughput import capture_drafts
     from commands.handlers import DraftHandler
     from ledger.application import LedgerApplication
@@ -44,8 +46,8 @@ def _events(count: int) -> tuple[Any, list[Any]]:
     events = [
         event
         for draft in drafts[1:]
-        for aggregate in handler.build(draft, set())
-        for event in aggregate.collect_events()
+        for record in handler.build(draft, set())
+        for event in (record.collect_events() if isinstance(record, Aggregate) else [record])
     ]
     return app, events
 

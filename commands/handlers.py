@@ -7,7 +7,7 @@ handler remembers which it has seen and asks the store about the others.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -31,7 +31,14 @@ from commands.payloads import PayloadConverter, as_mapping, as_text
 from commands.program_state import example_inputs, inputs_digest
 from commands.redaction import ALWAYS_ON, NamedRedactor, Redaction
 from ledger.application import LedgerApplication
-from ledger.domain import Dataset, Evaluation, OptimizationRun, Prediction, ProgramVersion
+from ledger.domain import (
+    Dataset,
+    Evaluation,
+    LedgerEvent,
+    OptimizationRun,
+    Prediction,
+    ProgramVersion,
+)
 
 __all__ = ["DraftHandler", "billed_usd", "describe_failure", "error_message", "pricing"]
 
@@ -95,14 +102,15 @@ class DraftHandler:
             return True
         return False
 
-    def mark_written(self, aggregates: Iterable[Aggregate]) -> None:
+    def mark_written(self, aggregates: Iterable[Aggregate | LedgerEvent]) -> None:
         """Remember the content-addressed streams just committed."""
         for aggregate in aggregates:
             if isinstance(aggregate, (ProgramVersion, Dataset)):
                 self._known.add(aggregate.id)
 
-    def build(self, draft: object, batch_ids: set[UUID]) -> list[Aggregate]:
-        """Return the aggregates (with pending events) that record one draft."""
+    def build(self, draft: object, batch_ids: set[UUID]) -> Sequence[Aggregate | LedgerEvent]:
+        """Return what records one draft: aggregates with pending events, and the events
+        of a finished prediction's new stream (:meth:`Prediction.finished`)."""
         if isinstance(draft, PredictionDraft):
             return self._prediction(draft, batch_ids)
         if isinstance(draft, EvaluationDraft):
@@ -164,49 +172,55 @@ class DraftHandler:
             )
         ]
 
-    def _prediction(self, draft: PredictionDraft, batch_ids: set[UUID]) -> list[Aggregate]:
-        out = self._version(draft.version, draft.provenance, batch_ids)
+    def _prediction(
+        self, draft: PredictionDraft, batch_ids: set[UUID]
+    ) -> list[Aggregate | LedgerEvent]:
+        out: list[Aggregate | LedgerEvent] = []
+        out += self._version(draft.version, draft.provenance, batch_ids)
         who = _who(draft.provenance)
         converter = self._converter()
         inputs = converter.convert(draft.inputs, "$.inputs")
-        prediction = Prediction.start(
-            prediction_id=draft.prediction_id,
-            program_version_id=draft.version.version_id if draft.version else None,
-            program_name=draft.program_name,
-            inputs=as_mapping(inputs),
-            context=draft.context,
-            payload_notes=dict(converter.notes),
-            occurred_at=draft.provenance.started_at,
-            subject=draft.provenance.subject,
+        start = {
+            "prediction_id": draft.prediction_id,
+            "program_version_id": draft.version.version_id if draft.version else None,
+            "program_name": draft.program_name,
+            "inputs": as_mapping(inputs),
+            "context": draft.context,
+            "payload_notes": dict(converter.notes),
+            "occurred_at": draft.provenance.started_at,
+            "subject": draft.provenance.subject,
             **who,
-        )
+        }
+        model_calls = []
         for call in draft.model_calls:
-            # A traced LM call's event points at the LM call's own span.
-            call_who = who if call.span_id is None else {**who, "span_id": call.span_id}
-            prediction.record_model_execution(
-                occurred_at=call.occurred_at, **self._model_call(call), **call_who
-            )
+            fields = self._model_call(call)
+            fields.update(who)
+            if call.span_id is not None:  # a traced LM call's event points at its own span
+                fields["span_id"] = call.span_id
+            fields["occurred_at"] = call.occurred_at
+            model_calls.append(fields)
         if draft.error is not None:
-            prediction.fail(
-                error_type=error_type_name(draft.error),
-                message=self._message(draft.error),
-                call_tree=call_tree(draft.root, self._converter().convert),
-                latency_ms=draft.latency_ms,
-                occurred_at=draft.finished_at,
+            failed = {
+                "error_type": error_type_name(draft.error),
+                "message": self._message(draft.error),
+                "call_tree": call_tree(draft.root, self._converter().convert),
+                "latency_ms": draft.latency_ms,
+                "occurred_at": draft.finished_at,
                 **who,
-            )
-        else:
-            converter = self._converter()
-            outputs = converter.convert(draft.outputs, "$.outputs")
-            prediction.complete(
-                outputs=as_mapping(outputs),
-                call_tree=call_tree(draft.root, converter.convert),
-                latency_ms=draft.latency_ms,
-                payload_notes=dict(converter.notes),
-                occurred_at=draft.finished_at,
-                **who,
-            )
-        out.append(prediction)
+            }
+            out += Prediction.finished(start=start, model_calls=model_calls, failed=failed)
+            return out
+        converter = self._converter()
+        outputs = converter.convert(draft.outputs, "$.outputs")
+        completed = {
+            "outputs": as_mapping(outputs),
+            "call_tree": call_tree(draft.root, converter.convert),
+            "latency_ms": draft.latency_ms,
+            "payload_notes": dict(converter.notes),
+            "occurred_at": draft.finished_at,
+            **who,
+        }
+        out += Prediction.finished(start=start, model_calls=model_calls, completed=completed)
         return out
 
     def _model_call(self, call: ModelCallDraft) -> dict[str, Any]:

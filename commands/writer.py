@@ -29,7 +29,7 @@ from eventsourcing.domain import Aggregate
 
 from commands.handlers import DraftHandler, describe_failure
 from ledger.application import DuplicateStreamError
-from ledger.domain import Dataset, ProgramVersion
+from ledger.domain import Dataset, LedgerEvent, ProgramVersion
 from ledger.errors import RecordingError, StoreUnavailableError
 
 logger = logging.getLogger("dspy_ledger")
@@ -77,8 +77,10 @@ def commit_drafts(handler: DraftHandler, drafts: list[object]) -> int:
     return 0  # pragma: no cover - the loop returns or raises
 
 
-def _build(handler: DraftHandler, drafts: list[object]) -> tuple[list[Aggregate], int]:
-    aggregates: list[Aggregate] = []
+def _build(
+    handler: DraftHandler, drafts: list[object]
+) -> tuple[list[Aggregate | LedgerEvent], int]:
+    aggregates: list[Aggregate | LedgerEvent] = []
     batch_ids: set[UUID] = set()
     unbuildable = 0
     for draft in drafts:

@@ -26,6 +26,8 @@ from ledger.transcoding import LedgerTranscoder
 if TYPE_CHECKING:
     import psycopg
 
+    from ledger.domain import LedgerEvent
+
 
 class DuplicateStreamError(RecordingError):
     """A stream that already exists was created again (content-addressed races)."""
@@ -84,8 +86,9 @@ class LedgerApplication(Application[UUID]):
         assert isinstance(mapper, PrivacyMapper)
         return mapper
 
-    def save_aggregates(self, *aggregates: Aggregate) -> int | None:
-        """Commit the pending events of the given aggregates in one transaction.
+    def save_aggregates(self, *records: Aggregate | LedgerEvent) -> int | None:
+        """Commit the pending events of the given aggregates, and the given events, in
+        one transaction.
 
         Returns the position (notification id) of the last event written.
         """
@@ -94,9 +97,12 @@ class LedgerApplication(Application[UUID]):
         # These are the library's own steps of save() in 9.5 (pinned <9.6 for this);
         # tests/test_durability.py and test_group_commit.py cover conflicts and ids.
         processing_event: ProcessingEvent[UUID] = ProcessingEvent()
-        for aggregate in aggregates:
-            processing_event.events.extend(aggregate.collect_events())
-            processing_event.aggregates[aggregate.id] = aggregate
+        for record in records:
+            if isinstance(record, Aggregate):
+                processing_event.events.extend(record.collect_events())
+                processing_event.aggregates[record.id] = record
+            else:  # an event saved as it is, like the library's save() does
+                processing_event.events.append(record)
         try:
             if self.subject_keys.master is not None:
                 # The streams a batch seals under subjects' keys are noted in one commit
