@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
-from eventsourcing.persistence import JSONTranscoder
+from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder
 
 # orjson hands these to ``default`` instead of writing them its own way.
 _OPTIONS: Final = (
@@ -102,4 +103,9 @@ class LedgerTranscoder(JSONTranscoder):
         transcoding = self.types.get(kind)
         if transcoding is None:
             raise _NotPlainError
+        if kind is datetime and value.tzinfo is UTC and type(transcoding) is DatetimeAsISO:
+            # Every event's timestamp. A datetime in UTC is written by orjson exactly as
+            # by isoformat() (which it is not for offsets of seconds), in a third of the
+            # time: isoformat() of an aware datetime was the slowest step of the tagging.
+            return {"_type_": transcoding.name, "_data_": orjson.dumps(value)[1:-1].decode()}
         return {"_type_": transcoding.name, "_data_": self._tagged(transcoding.encode(value))}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -63,7 +63,7 @@ _SCALARS = st.one_of(
     st.floats(),  # NaN and the infinities too
     st.text(max_size=8),
     st.uuids(),
-    st.datetimes(timezones=st.just(UTC)),
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(seconds=37))])),
     st.decimals(allow_nan=False, places=3, max_value=10**6, min_value=-(10**6)),
     st.sampled_from([Colour.RED, Size.LARGE, Label("tag")]),
 )
@@ -119,6 +119,19 @@ def test_values_the_library_tags_are_tagged_at_any_depth() -> None:
     decoded = LIBRARY.decode(FAST.encode_event_state(dict(state), frozenset()))
     assert decoded == {"at": when, "nested": {"ids": [key, [key, Decimal("1.50")]]}}
     assert type(decoded["nested"]["ids"][0]) is uuid.UUID
+
+
+_OFFSETS = [UTC, None, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(seconds=37))]
+
+
+@given(st.datetimes(timezones=st.sampled_from(_OFFSETS)))
+@example(datetime(2026, 12, 7, 12, 0, tzinfo=UTC))  # no microseconds
+@example(datetime(5, 1, 2, 3, 4, 5, 6, tzinfo=UTC))  # a year of one digit
+@example(datetime(2026, 1, 1, tzinfo=timezone(timedelta(seconds=37))))
+def test_a_datetime_is_written_byte_for_byte_as_the_library_writes_it(when: datetime) -> None:
+    """orjson writes UTC datetimes itself; each reads as the library's text, byte for byte."""
+    state = {"at": when, "nested": [when]}
+    assert FAST.encode_event_state(dict(state), frozenset()) == LIBRARY.encode(state)
 
 
 def test_a_value_it_cannot_write_raises_as_the_library_does() -> None:
