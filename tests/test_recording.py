@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
+from itertools import pairwise
 
 import dspy
 import pytest
@@ -49,6 +52,38 @@ def test_a_single_predict_is_one_prediction_with_its_lm_call(ledger: Ledger) -> 
     assert executed.data["outputs"] == lm.history[-1]["outputs"]
     assert executed.data["messages"] == lm.history[-1]["messages"]
     assert {e.stream_id for e in events[1:]} == {started.stream_id}
+
+
+class Unhurried(dspy.Module):
+    """Two LM calls, with time passing before, between and after them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = dspy.Predict("question -> answer")
+        self.second = dspy.Predict("question -> answer")
+
+    def forward(self, question: str) -> dspy.Prediction:
+        time.sleep(0.02)
+        self.first(question=question)
+        time.sleep(0.02)
+        answer = self.second(question=question)
+        time.sleep(0.02)
+        return answer
+
+
+def test_each_event_is_dated_when_it_happened(ledger: Ledger) -> None:
+    with dspy.context(lm=answers(2, answer="x")):
+        Unhurried()(question="q")
+    (events,) = predictions(events_of(ledger)).values()
+    assert types_of(events) == [
+        "PredictionStarted",
+        "ModelExecuted",
+        "ModelExecuted",
+        "PredictionCompleted",
+    ]
+    moments = [datetime.fromisoformat(event.timestamp) for event in events]
+    gaps = [later - earlier for earlier, later in pairwise(moments)]
+    assert min(gaps) >= timedelta(milliseconds=15), gaps
 
 
 def test_the_same_program_state_is_one_version(ledger: Ledger) -> None:
