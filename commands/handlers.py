@@ -102,11 +102,11 @@ class DraftHandler:
             return True
         return False
 
-    def mark_written(self, aggregates: Iterable[Aggregate | LedgerEvent]) -> None:
+    def mark_written(self, records: Iterable[Aggregate | LedgerEvent]) -> None:
         """Remember the content-addressed streams just committed."""
-        for aggregate in aggregates:
-            if isinstance(aggregate, (ProgramVersion, Dataset)):
-                self._known.add(aggregate.id)
+        for record in records:
+            if isinstance(record, (ProgramVersion, Dataset)):
+                self._known.add(record.id)
 
     def build(self, draft: object, batch_ids: set[UUID]) -> Sequence[Aggregate | LedgerEvent]:
         """Return what records one draft: aggregates with pending events, and the events

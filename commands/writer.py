@@ -51,28 +51,26 @@ class WriterStats:
 
 
 def commit_drafts(handler: DraftHandler, drafts: list[object]) -> int:
-    """Build and commit the aggregates of ``drafts`` in one transaction.
+    """Build and commit the events of ``drafts`` in one transaction.
 
     Returns how many drafts could not be turned into events (logged loudly).
     Raises StoreUnavailableError when the store cannot take the batch.
     """
     for attempt in range(3):
-        aggregates, unbuildable = _build(handler, drafts)
-        if not aggregates:
+        records, unbuildable = _build(handler, drafts)
+        if not records:
             return unbuildable
         try:
-            handler.app.save_aggregates(*aggregates)
+            handler.app.save_aggregates(*records)
         except DuplicateStreamError:
             # Another writer registered the same content-addressed stream first. Saving
             # consumed the aggregates' pending events, so build again from the drafts:
             # the handler now finds the shared stream in the store and leaves it out.
-            handler.forget_known(
-                a.id for a in aggregates if isinstance(a, (ProgramVersion, Dataset))
-            )
+            handler.forget_known(r.id for r in records if isinstance(r, (ProgramVersion, Dataset)))
             if attempt == 2:
                 raise
             continue
-        handler.mark_written(aggregates)
+        handler.mark_written(records)
         return unbuildable
     return 0  # pragma: no cover - the loop returns or raises
 
@@ -80,18 +78,18 @@ def commit_drafts(handler: DraftHandler, drafts: list[object]) -> int:
 def _build(
     handler: DraftHandler, drafts: list[object]
 ) -> tuple[list[Aggregate | LedgerEvent], int]:
-    aggregates: list[Aggregate | LedgerEvent] = []
+    records: list[Aggregate | LedgerEvent] = []
     batch_ids: set[UUID] = set()
     unbuildable = 0
     for draft in drafts:
         try:
-            aggregates.extend(handler.build(draft, batch_ids))
+            records.extend(handler.build(draft, batch_ids))
         except StoreUnavailableError:
             raise
         except Exception as error:
             unbuildable += 1
             logger.exception("dspy-ledger could not record %s", describe_failure(draft, error))
-    return aggregates, unbuildable
+    return records, unbuildable
 
 
 class AsyncWriter:

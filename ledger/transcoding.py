@@ -4,9 +4,9 @@ The library's :class:`~eventsourcing.persistence.JSONTranscoder` encodes with th
 standard ``json`` module and tags what JSON cannot say (a UUID, a datetime, a Decimal)
 as ``{"_type_": name, "_data_": ...}`` through a ``default`` hook. That encoding was the
 largest single step of the writer's work per prediction (docs/performance.md, items 25
-and 26). :class:`LedgerTranscoder` writes the same JSON text with orjson, in about 0.6x
-of the time as the writer uses it (``python -m bench --only encoding``), and it reads
-exactly as before (the library's decoder is unchanged).
+and 26). :class:`LedgerTranscoder` writes the same JSON text with orjson, in about half
+of the time as the writer uses it (``python -m bench --only encoding``: 0.44-0.62x from
+run to run), and it reads exactly as before (the library's decoder is unchanged).
 
 Why it cannot simply hand a state to orjson: orjson writes some values itself that the
 library tags or writes differently, silently: a UUID as its text (it would read back
