@@ -129,7 +129,7 @@ _OFFSETS = [UTC, None, timezone(timedelta(hours=5, minutes=30)), timezone(timede
 @example(datetime(5, 1, 2, 3, 4, 5, 6, tzinfo=UTC))  # a year of one digit
 @example(datetime(2026, 1, 1, tzinfo=timezone(timedelta(seconds=37))))
 def test_a_datetime_is_written_byte_for_byte_as_the_library_writes_it(when: datetime) -> None:
-    """orjson writes UTC datetimes itself; each reads as the library's text, byte for byte."""
+    """orjson writes UTC datetimes itself, byte for byte as the library writes them."""
     state = {"at": when, "nested": [when]}
     assert FAST.encode_event_state(dict(state), frozenset()) == LIBRARY.encode(state)
 
