@@ -7,7 +7,8 @@ turn, round after round, in one process (medians of the rounds, ratios to bare D
 2. the hooks, with a recorder that does nothing;
 3. the recorder, its drafts discarded;
 4. the recorder, each draft encoded for the writer process and then discarded
-   (:func:`commands.portable_drafts.encode_draft`, what ``submit`` does before writing);
+   (:class:`commands.portable_drafts.DraftEncoder`, one pickler reused, which is what
+   ``submit`` does before writing);
 5. async recording with a writer process that reads, decodes and acknowledges every
    draft but builds and commits nothing (:mod:`bench.discarding_writer`);
 6. async recording on SQLite, the real writer process.
@@ -80,7 +81,7 @@ def _writer_module(module: str) -> AbstractContextManager[Any]:
 @contextmanager
 def _enabled(variant: str) -> Iterator[Callable[[], None]]:
     """Switch ``variant`` on; yield what waits until everything recorded so far is written."""
-    from commands.portable_drafts import encode_draft
+    from commands.portable_drafts import DraftEncoder
 
     if variant == "bare":
         yield lambda: None
@@ -91,12 +92,9 @@ def _enabled(variant: str) -> Iterator[Callable[[], None]]:
         with _hooked(bench_recorder()):
             yield lambda: None
     elif variant == "recorder, drafts encoded for the writer process":
-        sent: dict[Any, Any] = {}  # versions go once, as they do down the pipe
-
-        def encode(draft: object) -> None:
-            encode_draft(draft, sent)
-
-        with _hooked(bench_recorder(encode)):
+        # The writer's own encoder: versions go once and one pickler is reused, as in
+        # ProcessWriter.submit (a pickler made per draft: 10.1 against 9.3 µs in a loop).
+        with _hooked(bench_recorder(DraftEncoder().encode)):
             yield lambda: None
     else:
         import dspy_ledger
