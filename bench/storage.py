@@ -4,11 +4,17 @@ A ``ChainOfThought`` prediction with its LM call is recorded into a fresh store,
 store's size is divided by the number of predictions: the events' stored bytes (what
 the rows hold) and the whole database (tables, indexes, free space) for SQLite, the
 tables with their indexes for PostgreSQL.
+
+When MLflow is installed (the ``bench`` extra) and the run is not quick, the same
+predictions are traced by ``mlflow.dspy.autolog()`` into a fresh SQLite tracking store,
+and what that store grew by (its database and artifact folder, less their size before
+the first trace) is divided by the number of traces, beside the ledger's figures.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from pathlib import Path
 
 from bench.common import (
@@ -24,6 +30,8 @@ from bench.common import (
 
 SECTION = "4. Storage"
 TARGET = "<= 3072 B"
+#: Traces recorded for MLflow's figure: it writes each in tens of milliseconds.
+MLFLOW_TRACES = 300
 
 
 def _sqlite_sizes(url: str) -> tuple[int, int]:
@@ -61,6 +69,37 @@ def _postgres_sizes(url: str) -> tuple[int, int]:
     return int(rows), int(total)
 
 
+def _folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def _mlflow_bytes_per_trace(program: object, count: int) -> float | None:
+    """What MLflow's SQLite tracking store grows by per DSPy trace, or None without it."""
+    try:
+        import mlflow
+        import mlflow.dspy
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory(prefix="dspy-ledger-mlflow-") as name:
+        folder = Path(name)
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        experiment = mlflow.create_experiment(
+            "dspy-ledger-bench-storage", artifact_location=Path(folder, "artifacts").as_uri()
+        )
+        mlflow.set_experiment(experiment_id=experiment)
+        empty = _folder_bytes(folder)
+        mlflow.dspy.autolog()
+        try:
+            predict_many(program, count)
+            flush = getattr(mlflow, "flush_trace_async_logging", None)
+            if callable(flush):
+                flush()
+        finally:
+            mlflow.dspy.autolog(disable=True)
+        traces = len(mlflow.search_traces(locations=[experiment], max_results=count + 1))
+        return (_folder_bytes(folder) - empty) / traces if traces else None
+
+
 def run(quick: bool) -> list[Row]:
     """Record predictions into fresh stores and report bytes per prediction."""
     import dspy_ledger
@@ -91,4 +130,19 @@ def run(quick: bool) -> list[Row]:
             rows.append(
                 row(SECTION, f"{label}: whole store per prediction", sizes[1] / count, "bytes")
             )
+    if not quick:
+        rows += _mlflow_rows(program)
     return rows
+
+
+def _mlflow_rows(program: object) -> list[Row]:
+    try:
+        per_trace = _mlflow_bytes_per_trace(program, MLFLOW_TRACES)
+    except Exception as error:  # a peer's failure is not the ledger's: say so, go on
+        print(f"bench: MLflow's storage could not be measured: {type(error).__name__}: {error}")
+        return []
+    if per_trace is None:
+        print("bench: mlflow not installed; its storage is not measured.")
+        return []
+    name = "peer: MLflow dspy.autolog (SQLite), store per trace"
+    return [row(SECTION, name, per_trace, "bytes")]
