@@ -94,7 +94,12 @@ def _enabled(variant: str) -> Iterator[Callable[[], None]]:
     elif variant == "recorder, drafts encoded for the writer process":
         # The writer's own encoder: versions go once and one pickler is reused, as in
         # ProcessWriter.submit (a pickler made per draft: 10.1 against 9.3 µs in a loop).
-        with _hooked(bench_recorder(DraftEncoder().encode)):
+        encoder = DraftEncoder()
+
+        def encode(draft: object) -> None:
+            encoder.encode(draft)
+
+        with _hooked(bench_recorder(encode)):
             yield lambda: None
     else:
         import dspy_ledger
