@@ -1,14 +1,20 @@
-"""Benchmark of the views: rebuild throughput and a cost report over many predictions.
+"""Benchmark of the views: rebuild and catch-up throughput, and a cost report over many
+predictions.
 
 ``run(quick)`` returns rows ``{"section", "name", "value", "unit", "baseline", "ratio",
-"target"}``. Throughput rows compare, in the same run and on the same ledger, the
-views' field reader (the database extracts the few fields a view needs) with the
-library mapper decoding every event in full (``baseline``). The report row times a
+"target"}``. Rebuild rows compare, in the same run and on the same ledger, the views'
+field reader (the database extracts the few fields a view needs) with the library mapper
+decoding every event in full (``baseline``). Catch-up rows time a view that already holds
+the first half of the ledger, with its indexes, as a live view does, taking in the second
+half: in batches of 20,000 events (what a report's catch-up reads at once) and of 500
+(what following a busy ledger gives, a poll's or a notification's worth, each batch its
+own read and transaction); their baseline is the view's rebuild. The report row times a
 cost-by-model-by-day report over a synthetic ledger of 1,000,000 predictions (20,000
 with ``quick``); its baseline is the same report summed from the per-call facts.
 
 Rebuild figures are medians of interleaved rounds, wall clock and per CPU second of the
-rebuilding thread (the machine may be shared; CPU time is what the code costs).
+rebuilding thread (the machine may be shared; CPU time is what the code costs); catch-up
+figures, medians of three rounds, wall clock.
 
 Run: ``python -m bench.views [--quick]``. ``python -m bench.views --against DIR`` instead
 rebuilds each view alternately with the ``projections`` package found in ``DIR`` (an
@@ -37,7 +43,7 @@ from typing import Any
 from bench.common import Row, row
 from bench.synthetic import generate
 from dspy_ledger.ledger import Ledger
-from projections.runner import DEFAULT_BATCH_SIZE, VIEW_NAMES, open_view, rebuild
+from projections.runner import DEFAULT_BATCH_SIZE, VIEW_NAMES, catch_up, open_view, rebuild
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +65,27 @@ def _rebuild_rate(ledger: Ledger, view: str, *, fast: bool) -> tuple[float, floa
     started, cpu = time.perf_counter(), time.thread_time()
     events = rebuild(projection)
     return events / (time.perf_counter() - started), events / (time.thread_time() - cpu)
+
+
+#: The batch sizes catch-up is timed with (see the module's docstring).
+CATCH_UP_BATCHES = (DEFAULT_BATCH_SIZE, 500)
+
+
+def _catch_up_rate(ledger: Ledger, view: str, batch_size: int) -> float:
+    """Events per second of catching ``view`` up on the second half of the ledger, the
+    first half already in it with its indexes."""
+    projection = open_view(ledger.app, view)
+    projection.view.reset()
+    last = ledger.app.last_position()
+    catch_up(projection, stop=last // 2)
+    projection.view.build_indexes()
+    started = time.perf_counter()
+    events = catch_up(projection, batch_size=batch_size)
+    elapsed = time.perf_counter() - started
+    if projection.view.position() != last:
+        msg = f"The {view} view caught up to {projection.view.position()}, not to {last}."
+        raise RuntimeError(msg)
+    return events / elapsed
 
 
 def _timed(call: Any, repeat: int) -> float:
@@ -85,6 +112,19 @@ def run(quick: bool) -> list[Row]:
                     for _ in range(1 if quick else 3)
                 ]
                 rows.extend(_rebuild_rows(view, rounds))
+                rebuilt = statistics.median(fast[0] for _, fast in rounds)
+                for batch_size in CATCH_UP_BATCHES:
+                    rates = [
+                        _catch_up_rate(small, view, batch_size) for _ in range(1 if quick else 3)
+                    ]
+                    rows.append(
+                        _row(
+                            f"catch up {view} (SQLite), batches of {batch_size:,} events",
+                            statistics.median(rates),
+                            "events/s",
+                            rebuilt,
+                        )
+                    )
         finally:
             small.close()
         rows.extend(_report_rows(Path(folder), 20_000 if quick else 1_000_000))

@@ -71,6 +71,16 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
             assert item["value"] > 0, item
         if item["baseline"] is not None:
             assert abs(item["ratio"] - item["value"] / item["baseline"]) < 1e-9
+    # Each view's catch-up is timed in a report's batches and in a follower's, against
+    # its rebuild (the section fails if a catch-up stops short of the ledger's end).
+    for view in ("cost", "accuracy", "lineage", "audit"):
+        for size in ("20,000", "500"):
+            caught = next(
+                i
+                for i in rows
+                if i["name"] == f"catch up {view} (SQLite), batches of {size} events"
+            )
+            assert caught["baseline"] > 0
     # Every recorded prediction stores something, and less than a megabyte.
     stored = next(i for i in rows if i["name"] == "sqlite: event rows per prediction")
     assert 200 < stored["value"] < 1_000_000
