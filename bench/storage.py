@@ -80,24 +80,28 @@ def _mlflow_bytes_per_trace(program: object, count: int) -> float | None:
         import mlflow.dspy
     except ImportError:
         return None
+    previous = mlflow.get_tracking_uri()
     with tempfile.TemporaryDirectory(prefix="dspy-ledger-mlflow-") as name:
         folder = Path(name)
         mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-        experiment = mlflow.create_experiment(
-            "dspy-ledger-bench-storage", artifact_location=Path(folder, "artifacts").as_uri()
-        )
-        mlflow.set_experiment(experiment_id=experiment)
-        empty = _folder_bytes(folder)
-        mlflow.dspy.autolog()
         try:
-            predict_many(program, count)
-            flush = getattr(mlflow, "flush_trace_async_logging", None)
-            if callable(flush):
-                flush()
+            experiment = mlflow.create_experiment(
+                "dspy-ledger-bench-storage", artifact_location=Path(folder, "artifacts").as_uri()
+            )
+            mlflow.set_experiment(experiment_id=experiment)
+            empty = _folder_bytes(folder)
+            mlflow.dspy.autolog()
+            try:
+                predict_many(program, count)
+                flush = getattr(mlflow, "flush_trace_async_logging", None)
+                if callable(flush):
+                    flush()
+            finally:
+                mlflow.dspy.autolog(disable=True)
+            traces = len(mlflow.search_traces(locations=[experiment], max_results=count + 1))
+            return (_folder_bytes(folder) - empty) / traces if traces else None
         finally:
-            mlflow.dspy.autolog(disable=True)
-        traces = len(mlflow.search_traces(locations=[experiment], max_results=count + 1))
-        return (_folder_bytes(folder) - empty) / traces if traces else None
+            mlflow.set_tracking_uri(previous)  # not left naming a folder that is gone
 
 
 def run(quick: bool) -> list[Row]:
