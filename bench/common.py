@@ -266,3 +266,21 @@ def _drop_schema(url: str, schema: str) -> None:
         connection.execute(
             sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
         )
+
+
+def mlflow_experiment(mlflow: Any, folder: str | Path, name: str) -> str:
+    """Point MLflow at a fresh SQLite tracking store in ``folder`` (artifacts beside it)
+    and make experiment ``name`` the current one; returns the experiment's id."""
+    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+    experiment: str = mlflow.create_experiment(
+        name, artifact_location=Path(folder, "artifacts").as_uri()
+    )
+    mlflow.set_experiment(experiment_id=experiment)
+    return experiment
+
+
+def mlflow_flush(mlflow: Any) -> None:
+    """Wait until MLflow has written the traces it logs in the background."""
+    flush = getattr(mlflow, "flush_trace_async_logging", None)
+    if callable(flush):
+        flush()

@@ -32,6 +32,8 @@ from bench.common import (
     make_program,
     median,
     memory_folder,
+    mlflow_experiment,
+    mlflow_flush,
     predict_many,
     row,
     writer_choice,
@@ -157,20 +159,11 @@ def _mlflow_variant(stack: ExitStack) -> Variant | None:
     except ImportError:
         return None
     folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="dspy-ledger-mlflow-"))
-    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-    experiment = mlflow.create_experiment(
-        "dspy-ledger-bench", artifact_location=Path(folder, "artifacts").as_uri()
-    )
-    mlflow.set_experiment(experiment_id=experiment)
-
-    def wait() -> None:
-        flush = getattr(mlflow, "flush_trace_async_logging", None)
-        if callable(flush):
-            flush()
+    mlflow_experiment(mlflow, folder, "dspy-ledger-bench")
 
     def enable() -> Enabled:
         mlflow.dspy.autolog()
-        return Enabled(lambda: mlflow.dspy.autolog(disable=True), wait)
+        return Enabled(lambda: mlflow.dspy.autolog(disable=True), lambda: mlflow_flush(mlflow))
 
     return enable
 

@@ -24,6 +24,8 @@ from bench.common import (
     configure_dspy,
     fresh_store,
     make_program,
+    mlflow_experiment,
+    mlflow_flush,
     predict_many,
     row,
 )
@@ -83,19 +85,13 @@ def _mlflow_bytes_per_trace(program: object, count: int) -> float | None:
     previous = mlflow.get_tracking_uri()
     with tempfile.TemporaryDirectory(prefix="dspy-ledger-mlflow-") as name:
         folder = Path(name)
-        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
         try:
-            experiment = mlflow.create_experiment(
-                "dspy-ledger-bench-storage", artifact_location=Path(folder, "artifacts").as_uri()
-            )
-            mlflow.set_experiment(experiment_id=experiment)
+            experiment = mlflow_experiment(mlflow, folder, "dspy-ledger-bench-storage")
             empty = _folder_bytes(folder)
             mlflow.dspy.autolog()
             try:
                 predict_many(program, count)
-                flush = getattr(mlflow, "flush_trace_async_logging", None)
-                if callable(flush):
-                    flush()
+                mlflow_flush(mlflow)
             finally:
                 mlflow.dspy.autolog(disable=True)
             traces = len(mlflow.search_traces(locations=[experiment], max_results=count + 1))
