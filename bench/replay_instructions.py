@@ -21,6 +21,7 @@ predictions natively, so that the section cannot rot unseen.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,15 @@ def _record_ledgers(folder: str, counts: list[int]) -> None:
 
 def _work(variant: str, count: int, folder: str) -> None:
     """What one counted interpreter runs."""
+    import dspy  # noqa: F401  (imported and frozen before either variant starts)
+
+    import dspy_ledger.demo
+
+    # As in section 1b: a full collection walks every object start-up made, and whether
+    # one falls between N and 3N must not depend on the variant. Frozen, start-up's
+    # objects are not walked again.
+    gc.collect()
+    gc.freeze()
     if variant == "bare program":
         _bare(count)
         return
