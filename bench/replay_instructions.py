@@ -5,7 +5,9 @@ next on a shared two-core machine (docs/performance.md, run K); counted instruct
 not. Each variant runs in a fresh interpreter under ``valgrind --tool=callgrind``, with
 the settings of section 1b (:mod:`bench.instructions`: a fixed hash seed, the writer
 process lingering a minute), once with ``N`` and once with ``3N`` predictions; the
-difference over ``2N`` is the count per prediction, so start-up cancels out:
+difference over ``2N`` is the count per prediction, so start-up cancels out (and the
+collector is frozen once DSPy and the package are imported, as in section 1b, so that a
+full collection walking start-up's objects cannot fall in one variant's window only):
 
 - *the bare program*: the demo's ``ChainOfThought`` (what section 4 replays) over ``N``
   questions against ``DummyLM``, no ledger;
