@@ -96,18 +96,26 @@ def _enable(variant: str, folder: str) -> Any:
     return None
 
 
+def freeze_start_up() -> None:
+    """Collect, then freeze every object alive now, before the counted predictions.
+
+    A full collection walks every object start-up made, tens of millions of
+    instructions, once every few thousand predictions, as often bare as recorded:
+    whether one fell between N and 3N moved a ratio by 0.07x (docs/performance.md, item
+    28). Frozen, start-up's objects are not walked again, and every variant counts its
+    own work alone.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def _work(variant: str, count: int, folder: str) -> None:
     """What one counted interpreter runs: the warm-up, then ``count`` predictions."""
     configure_dspy()
     program = make_program()
     ledger = _enable(variant, folder)
     predict_many(program, WARM_UP)
-    # A full collection walks every object start-up made, tens of millions of
-    # instructions, once every few thousand predictions, as often bare as recorded:
-    # whether one fell between N and 3N moved a ratio by 0.07x. Frozen, start-up's
-    # objects are not walked again, and every variant counts its own work alone.
-    gc.collect()
-    gc.freeze()
+    freeze_start_up()
     predict_many(program, count, offset=WARM_UP)
     if ledger is not None:
         ledger.close()  # flushes: everything recorded is committed

@@ -23,7 +23,6 @@ predictions natively, so that the section cannot rot unseen.
 
 from __future__ import annotations
 
-import gc
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import Row, row, usable_cpus, writer_ready
-from bench.instructions import counted, counting_environment, counting_main
+from bench.instructions import counted, counting_environment, counting_main, freeze_start_up
 from bench.replay import PROGRAM, TARGET_RATIO, _bare, _record
 
 SECTION = "4b. Replay, instructions per prediction (callgrind, this process only)"
@@ -57,23 +56,17 @@ def _record_ledgers(folder: str, counts: list[int]) -> None:
 
 def _work(variant: str, count: int, folder: str) -> None:
     """What one counted interpreter runs."""
-    import dspy  # noqa: F401  (imported and frozen before either variant starts)
+    import dspy  # noqa: F401  (imported before the freeze, as is the package below)
 
     import dspy_ledger.demo
 
-    # As in section 1b: a full collection walks every object start-up made, and whether
-    # one falls between N and 3N must not depend on the variant. Frozen, start-up's
-    # objects are not walked again.
-    gc.collect()
-    gc.freeze()
+    freeze_start_up()
     if variant == "bare program":
         _bare(count)
         return
     if variant != "recorded replay":
         msg = f"Unknown variant {variant!r}; the variants are {', '.join(VARIANTS)}."
         raise ValueError(msg)
-    import dspy_ledger
-
     copy = Path(folder, f"replayed-{count}-{variant.replace(' ', '-')}.db")
     shutil.copyfile(_recorded(folder, count), copy)
     with dspy_ledger.open(f"sqlite:///{copy}", durability="async") as ledger:
